@@ -1,0 +1,205 @@
+"""Keras callbacks of a run: learning-rate schedules and the run-folder keeper (checkpoints, history, plot).
+
+`RunKeeper` writes, at the end of every epoch and in this order, each file atomically (temporary name,
+then rename): `history.csv`, `best.keras` (when `monitor` improved), `state.json`, `last.keras`.
+`last.keras` is the commit point: its optimizer step counter says how many epochs it holds, and a resumed
+run trusts that count, cutting `history.csv` back to it. A crash between two writes therefore loses at
+most the epoch in progress, and leaves no gap and no duplicate in the history.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from training.config import TrainingConfig
+
+STATE_FILE = "state.json"
+HISTORY_FILE = "history.csv"
+LAST_CHECKPOINT = "last.keras"
+BEST_CHECKPOINT = "best.keras"
+PLOT_FILE = "curves.png"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file through a temporary file in the same folder and an atomic rename."""
+    payload = data.encode() if isinstance(data, str) else data
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        try:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+            # NamedTemporaryFile creates 0600; give the file the permissions a plain open() would.
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
+        except BaseException:
+            os.unlink(handle.name)
+            raise
+    os.replace(handle.name, path)
+
+
+def save_model_atomic(model: keras.Model, path: Path) -> None:
+    """Save a `.keras` file through a temporary `.keras` name (Keras insists on the suffix) and a rename."""
+    tmp = path.with_name(f".{path.stem}.partial.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def epoch_schedule(config: TrainingConfig) -> Callable[[int, float], float] | None:
+    """The per-epoch learning rate of the `cosine`, `poly` and `constant` schedules (None for `plateau`,
+    which reacts to the monitored quantity instead)."""
+    base, floor, epochs = config.learning_rate, config.min_learning_rate, config.epochs
+    if config.lr_schedule == "cosine":
+        warmup = config.warmup_epochs
+
+        def cosine(epoch: int, lr: float) -> float:
+            if epoch < warmup:
+                return base * (epoch + 1) / (warmup + 1)
+            progress = (epoch - warmup) / max(epochs - warmup - 1, 1)
+            return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        return cosine
+    if config.lr_schedule == "poly":
+        return lambda epoch, lr: max(base * (1 - epoch / epochs) ** config.poly_power, floor)
+    if config.lr_schedule == "constant":
+        return lambda epoch, lr: base
+    return None
+
+
+def monitor_mode(monitor: str) -> str:
+    """`max` for accuracy- and IoU-like quantities, `min` for losses."""
+    return "max" if any(key in monitor for key in ("acc", "iou", "f1", "psnr", "ssim")) else "min"
+
+
+class RunKeeper(keras.callbacks.Callback):
+    """Keeps the run folder: history CSV, best and last checkpoints, resumable state, loss/LR plot.
+
+    Args:
+        run_dir: the run folder.
+        monitor: quantity deciding the best checkpoint.
+        history: rows of earlier epochs (when resuming).
+        best: best value of `monitor` so far (when resuming).
+        stateful: other callbacks whose counters must survive a resume, by name.
+    """
+
+    def __init__(self, run_dir: Path, *, monitor: str, history: list[dict] | None = None,
+                 best: float | None = None, stateful: dict[str, keras.callbacks.Callback] | None = None):
+        super().__init__()
+        self.run_dir = run_dir
+        self.monitor = monitor
+        self.mode = monitor_mode(monitor)
+        self.history = list(history or [])
+        self.best = best
+        self.stateful = stateful or {}
+
+    def _improved(self, value: float) -> bool:
+        if not np.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = dict(logs or {})
+        row = {"epoch": epoch + 1, "learning_rate": float(keras.ops.convert_to_numpy(
+            self.model.optimizer.learning_rate))}
+        row.update({key: float(value) for key, value in logs.items() if key != "learning_rate"})
+        self.history.append(row)
+        write_atomic(self.run_dir / HISTORY_FILE, history_csv(self.history))
+        value = logs.get(self.monitor)
+        if value is None:
+            raise KeyError(f"monitored quantity {self.monitor!r} is not among the logs {sorted(logs)}")
+        if self._improved(float(value)):
+            self.best = float(value)
+            save_model_atomic(self.model, self.run_dir / BEST_CHECKPOINT)
+        state = {
+            "epochs_done": epoch + 1,
+            "monitor": self.monitor,
+            "best": self.best,
+            "best_epoch": self._best_epoch(),
+            "callbacks": {name: callback_state(cb) for name, cb in self.stateful.items()},
+        }
+        write_atomic(self.run_dir / STATE_FILE, json.dumps(state, indent=2))
+        save_model_atomic(self.model, self.run_dir / LAST_CHECKPOINT)
+        plot_curves(self.history, self.run_dir / PLOT_FILE)
+
+    def _best_epoch(self) -> int | None:
+        matches = [row["epoch"] for row in self.history if row.get(self.monitor) == self.best]
+        return matches[-1] if matches else None
+
+
+_CALLBACK_STATE_KEYS = ("wait", "best", "cooldown_counter", "stopped_epoch")
+
+
+def callback_state(callback: keras.callbacks.Callback) -> dict:
+    """The counters of a ReduceLROnPlateau or EarlyStopping callback, as JSON-able values."""
+    return {key: float(getattr(callback, key)) for key in _CALLBACK_STATE_KEYS
+            if isinstance(getattr(callback, key, None), (int, float, np.floating, np.integer))}
+
+
+def restore_callback_state(callback: keras.callbacks.Callback, state: dict) -> None:
+    """Put counters saved by `callback_state` back. Keras resets some in `on_train_begin`, so this wraps it."""
+    original = callback.on_train_begin
+
+    def on_train_begin(logs=None):
+        original(logs)
+        for key, value in state.items():
+            current = getattr(callback, key, None)
+            setattr(callback, key, type(current)(value) if isinstance(current, int) else value)
+
+    callback.on_train_begin = on_train_begin
+
+
+def history_csv(rows: list[dict]) -> str:
+    """Rows of per-epoch values as CSV text, columns in first-seen order."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def read_history(path: Path) -> list[dict]:
+    """Rows of a history CSV written by `RunKeeper`, numbers as floats (epoch as int)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items() if v != ""} for row in rows]
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Loss curves (left) and learning rate (right, log scale) per epoch, written as a PNG."""
+    from matplotlib.figure import Figure  # object API: no global pyplot state, no display needed
+
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    loss_axes, lr_axes = figure.subplots(1, 2)
+    epochs = [row["epoch"] for row in history]
+    for key in ("loss", "val_loss"):
+        values = [row.get(key, np.nan) for row in history]
+        loss_axes.plot(epochs, values, marker=".", label=key)
+    loss_axes.set(xlabel="epoch", ylabel="loss", title="loss")
+    loss_axes.legend()
+    lr_axes.plot(epochs, [row["learning_rate"] for row in history], marker=".", color="tab:green")
+    lr_axes.set(xlabel="epoch", ylabel="learning rate", yscale="log", title="learning rate")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    write_atomic(path, buffer.getvalue())

@@ -1,0 +1,106 @@
+"""Reading, checking, normalising and writing 2D images and label masks.
+
+Images come as (Y, X) or with a channel axis of at most 4 channels first or last; internally every image
+is (Y, X, C) float32. Every problem is a `UserInputError` whose message names the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import tifffile
+
+from training.errors import UserInputError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+MAX_CHANNELS = 4
+
+
+def read_array(path: Path) -> np.ndarray:
+    """Read a TIFF (tifffile) or PNG (imageio) file into an array."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return tifffile.imread(path)
+        return iio.imread(path)
+    except FileNotFoundError:
+        raise UserInputError(f"{path}: file not found") from None
+    except Exception as error:  # readers raise many types for corrupt files; all mean the same to a user
+        raise UserInputError(f"{path}: unreadable image ({type(error).__name__}: {error})") from None
+
+
+def to_yxc(array: np.ndarray, path: Path, *, channel_axis: int | None = None) -> np.ndarray:
+    """Bring a 2D image to (Y, X, C), detecting a small channel axis when `channel_axis` is None."""
+    array = np.squeeze(array) if array.ndim > 2 else array
+    if array.ndim == 2:
+        return array[..., np.newaxis]
+    if array.ndim != 3:
+        raise UserInputError(f"{path}: expected a 2D image, got an array of shape {array.shape}")
+    if channel_axis is None:
+        if array.shape[-1] <= MAX_CHANNELS:
+            channel_axis = 2
+        elif array.shape[0] <= MAX_CHANNELS:
+            channel_axis = 0
+        else:
+            raise UserInputError(f"{path}: a 3D stack of shape {array.shape} where a 2D image is expected "
+                                 f"(no axis of at most {MAX_CHANNELS} channels; set channel_axis if it has one)")
+    return np.moveaxis(array, channel_axis, -1)
+
+
+def read_image(path: Path, *, channel_axis: int | None = None) -> np.ndarray:
+    """Read a 2D image as (Y, X, C) float32, refusing non-numeric data and NaN or infinite values."""
+    array = read_array(path)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
+        raise UserInputError(f"{path}: unsupported pixel type {array.dtype}")
+    image = to_yxc(array, path, channel_axis=channel_axis).astype(np.float32)
+    if not np.isfinite(image).all():
+        raise UserInputError(f"{path}: image contains NaN or infinite values")
+    return image
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Read a 2D instance label mask (0 = background, one integer per object) as int32."""
+    array = np.squeeze(read_array(path))
+    if array.ndim != 2:
+        raise UserInputError(f"{path}: expected a 2D label mask, got an array of shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all() \
+                or not np.array_equal(array, np.round(array)):
+            raise UserInputError(f"{path}: mask must hold integer labels, got {array.dtype} values that are not")
+    if array.min() < 0:
+        raise UserInputError(f"{path}: mask has negative labels")
+    if array.max() > np.iinfo(np.int32).max:
+        raise UserInputError(f"{path}: mask labels exceed {np.iinfo(np.int32).max}")
+    return array.astype(np.int32)
+
+
+def percentile_normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8, eps: float = 1e-6) -> np.ndarray:
+    """Scale each channel of a (Y, X, C) image so its `low` percentile maps to 0 and `high` to 1.
+
+    Same formula as bioimage.io's `scale_range` over axes (y, x): (x - p_low) / (p_high - p_low + eps),
+    so an exported package normalises exactly like training did.
+    """
+    lower = np.percentile(image, low, axis=(0, 1), keepdims=True)
+    upper = np.percentile(image, high, axis=(0, 1), keepdims=True)
+    return ((image - lower) / (upper - lower + eps)).astype(np.float32)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of a folder, sorted by name, hidden files skipped."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def write_tiff_atomic(path: Path, array: np.ndarray, **kwargs) -> None:
+    """Write a TIFF through a temporary file in the same folder, so a reader never sees half a file."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as handle:
+        tmp = Path(handle.name)
+    try:
+        tifffile.imwrite(tmp, array, **kwargs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,147 @@
+"""Run folders: creating one, resuming one, and the `fit` loop with its callbacks, shared by every task.
+
+A run folder holds everything needed to resume, evaluate and export a training:
+`config.json` (resolved options), `split.json` (which files went where), `state.json`, `history.csv`,
+`best.keras`, `last.keras`, `curves.png`, `tensorboard/`, and at the end `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from training.callbacks import (
+    HISTORY_FILE,
+    LAST_CHECKPOINT,
+    STATE_FILE,
+    RunKeeper,
+    epoch_schedule,
+    monitor_mode,
+    read_history,
+    restore_callback_state,
+    write_atomic,
+)
+from training.config import TrainingConfig, build_config
+from training.errors import UserInputError
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+# Options that may change when a run is resumed: they extend or stop the run, not change what it learns.
+RESUMABLE_OVERRIDES = frozenset({"epochs", "early_stopping_patience", "out_dir"})
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically."""
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"{path}: unreadable ({error})") from None
+
+
+def new_run_dir(config: TrainingConfig, task: str) -> Path:
+    """Create a fresh run folder; an existing folder is never reused or overwritten."""
+    out_dir = Path(config.out_dir)
+    name = config.run_name or f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = out_dir / name
+    if config.run_name is None:
+        counter = 2
+        while run_dir.exists():
+            run_dir, counter = out_dir / f"{name}-{counter}", counter + 1
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir()
+    except FileExistsError:
+        raise UserInputError(f"{run_dir}: run folder exists already; choose another --run-name "
+                             "or continue it with --resume") from None
+    except OSError as error:
+        raise UserInputError(f"{run_dir}: cannot create the run folder ({error.strerror})") from None
+    return run_dir
+
+
+@contextmanager
+def removed_unless_resumable(run_dir: Path):
+    """Remove a new run folder if training fails before its first checkpoint: nothing in it could be
+    resumed, and a leftover folder would look like a run."""
+    try:
+        yield
+    except BaseException:
+        if not (run_dir / LAST_CHECKPOINT).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def load_run_config(run_dir: Path, cls: type[TrainingConfig], overrides: dict) -> TrainingConfig:
+    """The config of an existing run folder, with the few options that may change on resume."""
+    missing = [name for name in (CONFIG_FILE, LAST_CHECKPOINT) if not (run_dir / name).is_file()]
+    if not run_dir.is_dir() or missing:
+        what = "not a folder" if not run_dir.is_dir() else f"missing {', '.join(missing)}"
+        raise UserInputError(f"{run_dir}: not a resumable run folder ({what})")
+    refused = sorted(set(overrides) - RESUMABLE_OVERRIDES)
+    if refused:
+        raise UserInputError(f"{run_dir}: cannot change {', '.join(refused)} when resuming "
+                             f"(only {', '.join(sorted(RESUMABLE_OVERRIDES))})")
+    values = read_json(run_dir / CONFIG_FILE) | overrides
+    return build_config(cls, values, source=str(run_dir / CONFIG_FILE))
+
+
+def fit(
+    model: keras.Model,
+    train_data: tf.data.Dataset,
+    val_data: tuple,
+    *,
+    config: TrainingConfig,
+    run_dir: Path,
+    resume: bool,
+) -> RunKeeper:
+    """Train `model` (compiled, and when resuming loaded from `last.keras`) to `config.epochs` epochs."""
+    initial_epoch, history, state = 0, [], {}
+    if resume:
+        initial_epoch = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // config.steps_per_epoch
+        # last.keras is the commit point: cut anything written after it (see training.callbacks).
+        history = [row for row in read_history(run_dir / HISTORY_FILE) if row["epoch"] <= initial_epoch]
+        state = read_json(run_dir / STATE_FILE) if (run_dir / STATE_FILE).is_file() else {}
+    mode = monitor_mode(config.monitor)
+    callbacks: list[keras.callbacks.Callback] = []
+    stateful: dict[str, keras.callbacks.Callback] = {}
+    schedule = epoch_schedule(config)
+    if schedule is None:
+        stateful["plateau"] = keras.callbacks.ReduceLROnPlateau(
+            monitor=config.monitor, mode=mode, factor=config.plateau_factor, patience=config.plateau_patience,
+            min_lr=config.min_learning_rate, verbose=1)
+    else:
+        callbacks.append(keras.callbacks.LearningRateScheduler(schedule))
+    if config.early_stopping_patience:
+        stateful["early_stopping"] = keras.callbacks.EarlyStopping(
+            monitor=config.monitor, mode=mode, patience=config.early_stopping_patience, verbose=1)
+    if state.get("epochs_done") == initial_epoch:
+        for name, callback in stateful.items():
+            restore_callback_state(callback, state.get("callbacks", {}).get(name, {}))
+    keeper = RunKeeper(run_dir, monitor=config.monitor, history=history, best=state.get("best"),
+                       stateful=stateful)
+    callbacks += [*stateful.values(), keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")), keeper]
+    if initial_epoch >= config.epochs:
+        print(f"{run_dir}: all {config.epochs} epochs are done already")
+        return keeper
+    model.fit(
+        train_data,
+        validation_data=val_data,
+        validation_batch_size=config.batch_size,
+        epochs=config.epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=config.steps_per_epoch,
+        callbacks=callbacks,
+        shuffle=False,  # the patch generator draws at random already
+        verbose=1 if sys.stdout.isatty() else 2,  # one line per epoch in logs and CI
+    )
+    return keeper

@@ -1,0 +1,58 @@
+"""From instance masks to the three training classes, and from predicted class probabilities back to instances.
+
+Classes: 0 background, 1 cell interior, 2 cell boundary. The boundary class is what separates touching
+objects: the network learns to draw a line between them, and the interiors it leaves apart are the seeds
+of the instances.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage.measure import label as connected_components
+from skimage.morphology import remove_small_objects
+from skimage.segmentation import find_boundaries, relabel_sequential, watershed
+
+CLASS_NAMES = ("background", "interior", "boundary")
+
+
+def instance_to_classes(labels: np.ndarray, *, boundary_width: int = 2) -> np.ndarray:
+    """Turn a 2D instance mask into a uint8 class map (background / interior / boundary).
+
+    Boundary pixels are object pixels closer than `boundary_width` pixels to a pixel outside their own
+    object: the object's rim, including where it touches another object.
+    """
+    inner_rim = find_boundaries(labels, mode="inner") & (labels > 0)
+    if boundary_width > 1:
+        # Grow the rim inwards: distance to the nearest rim pixel, kept inside the objects.
+        distance = ndimage.distance_transform_edt(~inner_rim)
+        inner_rim = (distance < boundary_width) & (labels > 0)
+    classes = (labels > 0).astype(np.uint8)
+    classes[inner_rim] = 2
+    return classes
+
+
+def classes_to_instances(
+    probabilities: np.ndarray,
+    *,
+    interior_threshold: float = 0.5,
+    foreground_threshold: float = 0.5,
+    min_size: int = 15,
+) -> np.ndarray:
+    """Turn (Y, X, 3) class probabilities into an instance label image (uint32, 0 = background).
+
+    Seeds are the connected components of `p(interior) > interior_threshold`; each grows by watershed on
+    the interior probability into every pixel with `1 - p(background) > foreground_threshold`, so the
+    boundary pixels go to the nearest seed. Objects smaller than `min_size` pixels are removed and the
+    labels renumbered 1..N.
+    """
+    interior = probabilities[..., 1]
+    foreground = (1.0 - probabilities[..., 0]) > foreground_threshold
+    seeds = connected_components(interior > interior_threshold, connectivity=1)
+    if min_size > 0:
+        # Tiny seeds are noise; removing them first keeps them from claiming foreground in the watershed.
+        seeds = remove_small_objects(seeds, max_size=max(min_size // 2 - 1, 0))
+    instances = watershed(-interior, markers=seeds, mask=foreground | (seeds > 0))
+    if min_size > 0:
+        instances = remove_small_objects(instances, max_size=min_size - 1)
+    return relabel_sequential(instances.astype(np.uint32))[0]

@@ -1,0 +1,84 @@
+"""Tiled prediction of images of any size, equal to whole-image prediction.
+
+Why the result equals whole-image prediction: the image is first padded (bottom/right, mirrored) to a
+multiple of the model's size step, exactly as for a whole-image prediction. Tiles then start on multiples
+of the step, so every pooling window sees the same pixels as in the whole image, and each tile keeps only
+its core, at least `halo` pixels away from any tile edge that is not an image edge, where the receptive
+field no longer reaches the tile's zero padding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+
+def pad_to_step(image: np.ndarray, step: int) -> np.ndarray:
+    """Mirror-pad a (Y, X, C) image at the bottom and right to a multiple of `step`."""
+    pad_y, pad_x = -image.shape[0] % step, -image.shape[1] % step
+    if not pad_y and not pad_x:
+        return image
+    return np.pad(image, ((0, pad_y), (0, pad_x), (0, 0)), mode="symmetric")
+
+
+def predict_whole(model: keras.Model, image: np.ndarray, *, step: int) -> np.ndarray:
+    """Predict a (Y, X, C) image in one piece; returns (Y, X, K) float32."""
+    padded = pad_to_step(image, step)
+    output = np.asarray(model.predict_on_batch(padded[np.newaxis]), dtype=np.float32)[0]
+    return output[: image.shape[0], : image.shape[1]]
+
+
+def _axis_tiles(length: int, tile: int, core: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """(input start, input stop, core start, core stop) along one axis, all multiples of the step."""
+    if length <= tile:
+        return [(0, length, 0, length)]
+    tiles = []
+    for core_start in range(0, length, core):
+        core_stop = min(core_start + core, length)
+        start = min(max(core_start - halo, 0), length - tile)
+        tiles.append((start, start + tile, core_start, core_stop))
+    return tiles
+
+
+def tiled_predict(
+    model: keras.Model,
+    image: np.ndarray,
+    *,
+    step: int,
+    halo: int,
+    tile_size: int = 512,
+    batch_size: int = 4,
+) -> np.ndarray:
+    """Predict a (Y, X, C) image tile by tile; returns (Y, X, K) float32.
+
+    Args:
+        model: a fully convolutional model taking (batch, y, x, C).
+        image: the image, already normalised as the model expects.
+        step: the model's size step (input sizes must be multiples of it).
+        halo: context each output pixel needs on each side (see `zoo.model_geometry`).
+        tile_size: side of the tiles fed to the model (rounded up to a multiple of `step` and to more than
+            twice the aligned halo); an image that fits in one tile is predicted whole.
+        batch_size: tiles per model call.
+    """
+    halo = math.ceil(halo / step) * step
+    tile = max(math.ceil(tile_size / step) * step, 2 * halo + step)
+    core = tile - 2 * halo
+    padded = pad_to_step(image, step)
+    rows = _axis_tiles(padded.shape[0], tile, core, halo)
+    cols = _axis_tiles(padded.shape[1], tile, core, halo)
+    if len(rows) == 1 and len(cols) == 1:
+        return predict_whole(model, image, step=step)
+
+    output = None
+    windows = [(r, c) for r in rows for c in cols]
+    for first in range(0, len(windows), batch_size):
+        chunk = windows[first : first + batch_size]
+        batch = np.stack([padded[r[0] : r[1], c[0] : c[1]] for r, c in chunk])
+        predictions = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+        if output is None:
+            output = np.zeros(padded.shape[:2] + predictions.shape[-1:], dtype=np.float32)
+        for (r, c), prediction in zip(chunk, predictions, strict=True):
+            output[r[2] : r[3], c[2] : c[3]] = prediction[r[2] - r[0] : r[3] - r[0], c[2] - c[0] : c[3] - c[0]]
+    return output[: image.shape[0], : image.shape[1]]

@@ -1,0 +1,115 @@
+"""A 2D U-Net (Ronneberger et al., MICCAI 2015) as a Keras 3 functional model.
+
+Every layer is named after its place in the network (`enc1_conv2`, `dec0_up`, ...), so checkpoints,
+summaries and exported graphs can be read without a map, and the receptive field can be derived from
+the layers alone (see `zoo.receptive_field`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import keras
+from keras import layers
+
+Upsampling = Literal["transpose", "nearest"]
+
+
+def _conv_block(x, *, filters: int, kernel_size: int, batch_norm: bool, dropout: float, prefix: str):
+    """Two `same` convolutions, each followed by optional batch norm and a ReLU."""
+    for i in (1, 2):
+        x = layers.Conv2D(
+            filters,
+            kernel_size,
+            padding="same",
+            use_bias=not batch_norm,  # a bias before batch norm is cancelled by its mean subtraction
+            kernel_initializer="he_normal",
+            name=f"{prefix}_conv{i}",
+        )(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{prefix}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name=f"{prefix}_dropout")(x)
+    return x
+
+
+def build_unet(
+    *,
+    input_channels: int = 1,
+    num_classes: int = 3,
+    depth: int = 3,
+    base_filters: int = 32,
+    kernel_size: int = 3,
+    batch_norm: bool = True,
+    dropout: float = 0.0,
+    upsampling: Upsampling = "transpose",
+    final_activation: str | None = "softmax",
+    name: str = "unet",
+) -> keras.Model:
+    """Build a 2D U-Net for images of shape (height, width, input_channels).
+
+    Height and width are dynamic; any size that is a multiple of ``2**depth`` works.
+
+    Args:
+        input_channels: channels of the input image.
+        num_classes: channels of the output (classes for segmentation, image channels for restoration).
+        depth: number of 2x down-sampling steps.
+        base_filters: filters of the first level; each deeper level doubles them.
+        kernel_size: side of the square convolution kernels.
+        batch_norm: batch normalisation after every convolution.
+        dropout: dropout rate after each convolution block (0 disables it).
+        upsampling: ``"transpose"`` (learned 2x2 transposed convolution) or ``"nearest"`` (nearest-neighbour
+            up-sampling followed by a 2x2 convolution, free of checkerboard artefacts).
+        final_activation: activation of the output layer (``"softmax"``, ``"sigmoid"``, ``None`` for linear).
+            It runs in float32 even under a mixed-precision policy, so outputs are full precision.
+        name: model name.
+    """
+    _check_unet_arguments(depth=depth, base_filters=base_filters, kernel_size=kernel_size, dropout=dropout,
+                          upsampling=upsampling, input_channels=input_channels, num_classes=num_classes)
+    # === Layers and functional model ===
+    inputs = keras.Input(shape=(None, None, input_channels), name="input")
+    x = inputs
+    skips = []
+    for level in range(depth):
+        x = _conv_block(x, filters=base_filters * 2**level, kernel_size=kernel_size, batch_norm=batch_norm,
+                        dropout=dropout, prefix=f"enc{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+
+    x = _conv_block(x, filters=base_filters * 2**depth, kernel_size=kernel_size, batch_norm=batch_norm,
+                    dropout=dropout, prefix="bottleneck")
+
+    for level in reversed(range(depth)):
+        filters = base_filters * 2**level
+        if upsampling == "transpose":
+            x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
+        else:
+            x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
+            x = layers.Conv2D(filters, 2, padding="same", name=f"dec{level}_upconv")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([skips[level], x])
+        x = _conv_block(x, filters=filters, kernel_size=kernel_size, batch_norm=batch_norm, dropout=dropout,
+                        prefix=f"dec{level}")
+
+    x = layers.Conv2D(num_classes, 1, name="head_conv")(x)
+    outputs = layers.Activation(final_activation or "linear", dtype="float32", name="output")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _check_unet_arguments(**kwargs) -> None:
+    limits = {
+        "depth": (1, 6),
+        "base_filters": (1, 512),
+        "kernel_size": (1, 11),
+        "input_channels": (1, 64),
+        "num_classes": (1, 256),
+    }
+    for key, (low, high) in limits.items():
+        if not low <= kwargs[key] <= high:
+            raise ValueError(f"{key} must be in [{low}, {high}], got {kwargs[key]}")
+    if kwargs["kernel_size"] % 2 == 0:
+        raise ValueError(f"kernel_size must be odd so that `same` padding is centred, got {kwargs['kernel_size']}")
+    if not 0.0 <= kwargs["dropout"] < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {kwargs['dropout']}")
+    if kwargs["upsampling"] not in ("transpose", "nearest"):
+        raise ValueError(f"upsampling must be 'transpose' or 'nearest', got {kwargs['upsampling']!r}")
