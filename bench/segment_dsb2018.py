@@ -18,13 +18,29 @@ from pathlib import Path
 
 # The settings measured for the closing note of the segmentation issue; see bench/README.md.
 TRAINING_ARGS = [
-    "--depth", "3", "--base-filters", "16", "--patch-size", "128", "--batch-size", "8",
-    "--epochs", "60", "--steps-per-epoch", "50", "--lr-schedule", "cosine", "--learning-rate", "0.002",
+    "--depth",
+    "3",
+    "--base-filters",
+    "16",
+    "--patch-size",
+    "128",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "60",
+    "--steps-per-epoch",
+    "50",
+    "--lr-schedule",
+    "cosine",
+    "--learning-rate",
+    "0.002",
 ]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     root = Path(__file__).resolve().parents[1]
     parser.add_argument("--data", type=Path, default=root.parent / "shared" / "data" / "nuclei_dsb2018")
     parser.add_argument("--out", type=Path, default=root / "bench" / "results")
@@ -36,8 +52,9 @@ def main() -> int:
 
     run_name = f"dsb2018-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.perf_counter()
-    status = segment_main(["--data", str(args.data), "--out-dir", str(args.out), "--run-name", run_name,
-                           *TRAINING_ARGS])
+    status = segment_main(
+        ["--data", str(args.data), "--out-dir", str(args.out), "--run-name", run_name, *TRAINING_ARGS]
+    )
     seconds = time.perf_counter() - start
     if status:
         return status

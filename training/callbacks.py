@@ -99,8 +99,16 @@ class RunKeeper(keras.callbacks.Callback):
         stateful: other callbacks whose counters must survive a resume, by name.
     """
 
-    def __init__(self, run_dir: Path, *, monitor: str, history: list[dict] | None = None,
-                 best: float | None = None, stateful: dict[str, keras.callbacks.Callback] | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        monitor: str,
+        history: list[dict] | None = None,
+        best: float | None = None,
+        stateful: dict[str, keras.callbacks.Callback] | None = None,
+        previous: dict | None = None,
+    ):
         super().__init__()
         self.run_dir = run_dir
         self.monitor = monitor
@@ -108,6 +116,7 @@ class RunKeeper(keras.callbacks.Callback):
         self.history = list(history or [])
         self.best = best
         self.stateful = stateful or {}
+        self._previous = previous
 
     def _improved(self, value: float) -> bool:
         if not np.isfinite(value):
@@ -118,8 +127,10 @@ class RunKeeper(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
-        row = {"epoch": epoch + 1, "learning_rate": float(keras.ops.convert_to_numpy(
-            self.model.optimizer.learning_rate))}
+        row = {
+            "epoch": epoch + 1,
+            "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+        }
         row.update({key: float(value) for key, value in logs.items() if key != "learning_rate"})
         self.history.append(row)
         write_atomic(self.run_dir / HISTORY_FILE, history_csv(self.history))
@@ -135,7 +146,10 @@ class RunKeeper(keras.callbacks.Callback):
             "best": self.best,
             "best_epoch": self._best_epoch(),
             "callbacks": {name: callback_state(cb) for name, cb in self.stateful.items()},
+            # The state of the epoch before, for a crash between this file and last.keras (see module doc).
+            "previous": self._previous,
         }
+        self._previous = {key: value for key, value in state.items() if key != "previous"}
         write_atomic(self.run_dir / STATE_FILE, json.dumps(state, indent=2))
         save_model_atomic(self.model, self.run_dir / LAST_CHECKPOINT)
         plot_curves(self.history, self.run_dir / PLOT_FILE)
@@ -145,13 +159,30 @@ class RunKeeper(keras.callbacks.Callback):
         return matches[-1] if matches else None
 
 
+class PeriodicCheckpoint(keras.callbacks.Callback):
+    """Keep `checkpoints/epoch-NNNN.keras` every `every` epochs, written atomically."""
+
+    def __init__(self, run_dir: Path, every: int):
+        super().__init__()
+        self.folder = run_dir / "checkpoints"
+        self.every = every
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if (epoch + 1) % self.every == 0:
+            self.folder.mkdir(exist_ok=True)
+            save_model_atomic(self.model, self.folder / f"epoch-{epoch + 1:04d}.keras")
+
+
 _CALLBACK_STATE_KEYS = ("wait", "best", "cooldown_counter", "stopped_epoch")
 
 
 def callback_state(callback: keras.callbacks.Callback) -> dict:
     """The counters of a ReduceLROnPlateau or EarlyStopping callback, as JSON-able values."""
-    return {key: float(getattr(callback, key)) for key in _CALLBACK_STATE_KEYS
-            if isinstance(getattr(callback, key, None), (int, float, np.floating, np.integer))}
+    return {
+        key: float(getattr(callback, key))
+        for key in _CALLBACK_STATE_KEYS
+        if isinstance(getattr(callback, key, None), (int, float, np.floating, np.integer))
+    }
 
 
 def restore_callback_state(callback: keras.callbacks.Callback, state: dict) -> None:

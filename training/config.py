@@ -24,16 +24,22 @@ class TrainingConfig(BaseModel):
 
     out_dir: str = Field("runs", description="Folder in which the run folder is created.")
     run_name: str | None = Field(None, description="Name of the run folder (default: task and time stamp).")
-    seed: int = Field(0, ge=0, description="Seed of every random choice: split, patches, augmentation, weights.")
+    seed: int = Field(
+        0, ge=0, description="Seed of every random choice: split, patches, augmentation, weights."
+    )
     deterministic: bool = Field(True, description="Make TensorFlow ops deterministic (slower on GPU).")
 
-    patch_size: int = Field(128, ge=16, le=4096, description="Side of the square training patches, in pixels.")
+    patch_size: int = Field(
+        128, ge=16, le=4096, description="Side of the square training patches, in pixels."
+    )
     batch_size: int = Field(8, ge=1, le=4096, description="Global batch size (split across replicas).")
     epochs: int = Field(30, ge=1, le=100_000, description="Number of epochs.")
     steps_per_epoch: int = Field(50, ge=1, le=1_000_000, description="Training batches per epoch.")
     val_patches: int = Field(64, ge=1, le=100_000, description="Most validation patches (cut on a grid).")
 
-    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Initial (peak, with warm-up) learning rate.")
+    learning_rate: float = Field(
+        1e-3, gt=0, le=1.0, description="Initial (peak, with warm-up) learning rate."
+    )
     lr_schedule: Literal["plateau", "cosine", "poly", "constant"] = Field(
         "plateau",
         description="plateau: reduce on plateau of `monitor`; cosine: linear warm-up then cosine decay; "
@@ -45,21 +51,28 @@ class TrainingConfig(BaseModel):
     plateau_patience: int = Field(5, ge=1, description="Epochs without improvement before a reduction.")
     min_learning_rate: float = Field(1e-6, ge=0, description="Floor of every schedule.")
     monitor: str = Field("val_loss", description="Quantity for best checkpoint, plateau and early stopping.")
-    early_stopping_patience: int = Field(0, ge=0, description="Stop after this many epochs without "
-                                         "improvement of `monitor`; 0 disables early stopping.")
+    early_stopping_patience: int = Field(
+        0,
+        ge=0,
+        description="Stop after this many epochs without "
+        "improvement of `monitor`; 0 disables early stopping.",
+    )
 
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
         "auto", description="auto: mixed_float16 on a GPU, float32 on a CPU."
     )
     distribute: Literal["auto", "none", "mirrored"] = Field(
-        "auto", description="auto: MirroredStrategy over all GPUs when there are several; "
-        "mirrored: MirroredStrategy over all GPUs, or all logical CPUs when there is no GPU."
+        "auto",
+        description="auto: MirroredStrategy over all GPUs when there are several; "
+        "mirrored: MirroredStrategy over all GPUs, or all logical CPUs when there is no GPU.",
     )
 
     @model_validator(mode="after")
     def _check_schedule(self) -> TrainingConfig:
         if self.lr_schedule == "cosine" and self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})"
+            )
         if self.min_learning_rate > self.learning_rate:
             raise ValueError("min_learning_rate must not exceed learning_rate")
         return self
@@ -68,16 +81,35 @@ class TrainingConfig(BaseModel):
 class SegmentConfig(TrainingConfig):
     """Semantic segmentation into background / interior / boundary, turned back into instances."""
 
-    data: str | None = Field(None, description="Folder with images/ and masks/ (matched by file name); "
-                             "none: the embedded synthetic nuclei dataset.")
-    split_csv: str | None = Field(None, description="CSV with columns name,split (train/val/test); default: "
-                                  "DATA/index.csv if present, else train/ val/ test/ sub-folders, else random.")
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction for validation in a random split.")
+    task: Literal["segment"] = Field("segment", description="What the run learns (fixed per config class).")
+
+    data: str | None = Field(
+        None,
+        description="Folder with images/ and masks/ (matched by file name); "
+        "none: the embedded synthetic nuclei dataset.",
+    )
+    split_csv: str | None = Field(
+        None,
+        description="CSV with columns name,split (train/val/test); default: "
+        "DATA/index.csv if present, else train/ val/ test/ sub-folders, else random.",
+    )
+    val_fraction: float = Field(
+        0.15, ge=0.0, lt=1.0, description="Fraction for validation in a random split."
+    )
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction for test in a random split.")
-    synthetic_images: int = Field(32, ge=3, le=10_000, description="Images of the embedded synthetic dataset.")
-    channel_axis: int | None = Field(None, ge=0, le=2, description="Channel axis of multi-channel images; "
-                                     "default: detected (a first or last axis of at most 4).")
-    percentile_low: float = Field(1.0, ge=0, lt=100, description="Lower percentile of per-image normalisation.")
+    synthetic_images: int = Field(
+        32, ge=3, le=10_000, description="Images of the embedded synthetic dataset."
+    )
+    channel_axis: int | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="Channel axis of multi-channel images; "
+        "default: detected (a first or last axis of at most 4).",
+    )
+    percentile_low: float = Field(
+        1.0, ge=0, lt=100, description="Lower percentile of per-image normalisation."
+    )
     percentile_high: float = Field(99.8, gt=0, le=100, description="Upper percentile of normalisation.")
 
     model: Literal["unet"] = Field("unet", description="Registered model to train.")
@@ -89,12 +121,19 @@ class SegmentConfig(TrainingConfig):
     upsampling: Literal["transpose", "nearest"] = Field("transpose", description="Decoder up-sampling.")
 
     boundary_width: int = Field(2, ge=1, le=20, description="Width of the boundary class, in pixels.")
-    class_weights: list[float] = Field([1.0, 1.0, 10.0], min_length=3, max_length=3,
-                                       description="Loss weights of background, interior, boundary.")
+    class_weights: list[float] = Field(
+        [1.0, 1.0, 10.0],
+        min_length=3,
+        max_length=3,
+        description="Loss weights of background, interior, boundary.",
+    )
 
-    interior_threshold: float = Field(0.5, gt=0, lt=1, description="Interior probability that seeds an object.")
-    foreground_threshold: float = Field(0.5, gt=0, lt=1, description="1 - background probability above "
-                                        "which a pixel belongs to some object.")
+    interior_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Interior probability that seeds an object."
+    )
+    foreground_threshold: float = Field(
+        0.5, gt=0, lt=1, description="1 - background probability above which a pixel belongs to some object."
+    )
     min_object_size: int = Field(15, ge=0, description="Objects smaller than this (pixels) are removed.")
     tile_size: int = Field(512, ge=32, le=8192, description="Tile side for prediction of large images.")
 
@@ -107,10 +146,109 @@ class SegmentConfig(TrainingConfig):
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
         if self.patch_size % 2**self.depth:
-            raise ValueError(f"patch_size ({self.patch_size}) must be a multiple of 2**depth ({2**self.depth})")
+            raise ValueError(
+                f"patch_size ({self.patch_size}) must be a multiple of 2**depth ({2**self.depth})"
+            )
         if any(w < 0 for w in self.class_weights):
             raise ValueError("class_weights must not be negative")
         return self
+
+
+class DenoiseConfig(TrainingConfig):
+    """Self-supervised denoising with Noise2Void, N2V2 or structN2V, trained on the noisy images alone."""
+
+    task: Literal["denoise"] = Field("denoise", description="What the run learns (fixed per config class).")
+    data: str | None = Field(
+        None,
+        description="Noisy TIFF/PNG file or folder of them (a 3D stack is split into "
+        "2D slices); none: scikit-image's `cell` image with added Gaussian noise.",
+    )
+    clean: str | None = Field(
+        None,
+        description="Clean reference (file, or folder matched by name) for PSNR "
+        "and SSIM; none: no reference (the embedded demo has one).",
+    )
+    noise_sigma: float = Field(
+        25.0, gt=0, le=255, description="Noise of the embedded demo, on the 0-255 scale."
+    )
+    channel_axis: int | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="Channel axis of multi-channel images; "
+        "default: detected (a first or last axis of at most 4).",
+    )
+    val_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="Held-out fraction: whole images when there "
+        "are at least 3, else the bottom rows of each image.",
+    )
+
+    model: Literal["n2v", "n2v2"] = Field(
+        "n2v",
+        description="n2v: the original network; n2v2: blur-pool "
+        "down-sampling and no top-level skip (fewer checkerboard artefacts).",
+    )
+    depth: int = Field(2, ge=1, le=6, description="U-Net depth.")
+    base_filters: int = Field(32, ge=1, le=512, description="Filters of the first U-Net level.")
+    kernel_size: int = Field(3, ge=1, le=11, description="Convolution kernel size (odd).")
+    batch_norm: bool = Field(True, description="Batch normalisation after each convolution.")
+
+    mask_fraction: float = Field(0.002, gt=0, le=0.25, description="Fraction of pixels masked per patch.")
+    mask_radius: int = Field(
+        2, ge=1, le=10, description="Half-width of the neighbourhood replacements come from."
+    )
+    replacement: Literal["auto", "uniform", "median", "zero", "mean"] = Field(
+        "auto", description="Value given to masked pixels; auto: uniform neighbour (N2V), median (N2V2)."
+    )
+    struct_axis: int | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="structN2V: axis of correlated noise, "
+        "0 = along y (columns), 1 = along x (rows); none: plain N2V.",
+    )
+    struct_span: int = Field(
+        0, ge=0, le=10, description="structN2V: pixels masked on each side of the centre."
+    )
+    independent_channels: bool = Field(
+        False,
+        description="Mask each channel at its own positions "
+        "(channels denoised independently) instead of jointly.",
+    )
+    loss: Literal["mse", "mae"] = Field("mse", description="Loss over the masked pixels.")
+    checkpoint_every: int = Field(
+        10,
+        ge=0,
+        description="Also keep checkpoints/epoch-NNNN.keras every this many "
+        "epochs (0: never), since N2V's validation loss is a noisy guide.",
+    )
+    tta: bool = Field(False, description="8-fold test-time augmentation when predicting.")
+    tile_size: int = Field(512, ge=32, le=8192, description="Tile side for prediction of large images.")
+
+    @model_validator(mode="after")
+    def _check_denoise(self) -> DenoiseConfig:
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        if self.patch_size % 2**self.depth:
+            raise ValueError(
+                f"patch_size ({self.patch_size}) must be a multiple of 2**depth ({2**self.depth})"
+            )
+        if (self.struct_axis is None) != (self.struct_span == 0):
+            raise ValueError("structN2V needs both struct_axis and struct_span > 0 (or neither)")
+        if self.mask_fraction * self.patch_size**2 < 1:
+            raise ValueError(
+                f"mask_fraction {self.mask_fraction} masks no pixel of a {self.patch_size}^2 patch"
+            )
+        return self
+
+    @property
+    def resolved_replacement(self) -> str:
+        if self.replacement != "auto":
+            return self.replacement
+        return "median" if self.model == "n2v2" else "uniform"
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
@@ -122,8 +260,11 @@ def format_validation_error(error: ValidationError, source: str) -> str:
             lines.append(f"{source}: unknown key {key!r}")
         else:
             message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {key}: {message} (got {item.get('input')!r})" if item["loc"] else
-                         f"{source}: {message}")
+            lines.append(
+                f"{source}: {key}: {message} (got {item.get('input')!r})"
+                if item["loc"]
+                else f"{source}: {message}"
+            )
     return "\n".join(lines)
 
 

@@ -52,8 +52,12 @@ def _pairs_in(folder: Path) -> list[tuple[Path, Path]]:
             raise UserInputError(f"{sub}: folder not found (expected {folder}/images and {folder}/masks)")
     images = {p.stem: p for p in list_images(images_dir)}
     masks = {p.stem: p for p in list_images(masks_dir)}
-    problems = [f"{images[n]}: image has no mask in {masks_dir}" for n in sorted(images.keys() - masks.keys())]
-    problems += [f"{masks[n]}: mask has no image in {images_dir}" for n in sorted(masks.keys() - images.keys())]
+    problems = [
+        f"{images[n]}: image has no mask in {masks_dir}" for n in sorted(images.keys() - masks.keys())
+    ]
+    problems += [
+        f"{masks[n]}: mask has no image in {images_dir}" for n in sorted(masks.keys() - images.keys())
+    ]
     if problems:
         raise UserInputError("\n".join(problems))
     if not images:
@@ -99,17 +103,23 @@ def find_pairs(
             assignment = _read_split_csv(split_csv)
             missing = [image.name for image, _ in pairs if image.stem not in assignment]
             if missing:
-                raise UserInputError(f"{split_csv}: no split given for {len(missing)} image(s), e.g. {missing[0]}")
+                raise UserInputError(
+                    f"{split_csv}: no split given for {len(missing)} image(s), e.g. {missing[0]}"
+                )
             for pair in pairs:
                 split.pairs[assignment[pair[0].stem]].append(pair)
             split.source = str(split_csv)
         else:
-            split.pairs = _random_split(pairs, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+            split.pairs = _random_split(
+                pairs, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+            )
     if not split.pairs["train"]:
         raise UserInputError(f"{data_dir}: no training images after the split ({split.source})")
     if not split.pairs["val"]:
-        raise UserInputError(f"{data_dir}: no validation images after the split ({split.source}); "
-                             "validation drives checkpointing and the learning-rate schedule")
+        raise UserInputError(
+            f"{data_dir}: no validation images after the split ({split.source}); "
+            "validation drives checkpointing and the learning-rate schedule"
+        )
     return split
 
 
@@ -140,19 +150,25 @@ def load_samples(
             image = read_image(image_path, channel_axis=channel_axis)
             labels = read_mask(mask_path)
             if image.shape[:2] != labels.shape:
-                raise UserInputError(f"{mask_path}: mask shape {labels.shape} differs from image shape "
-                                     f"{image.shape[:2]} of {image_path.name}")
+                raise UserInputError(
+                    f"{mask_path}: mask shape {labels.shape} differs from image shape "
+                    f"{image.shape[:2]} of {image_path.name}"
+                )
         except UserInputError as error:
             problems.append(str(error))
             continue
-        samples.append(Sample(
-            name=image_path.stem,
-            image=percentile_normalize(image, *percentiles),
-            labels=labels,
-            classes=instance_to_classes(labels, boundary_width=boundary_width),
-        ))
+        samples.append(
+            Sample(
+                name=image_path.stem,
+                image=percentile_normalize(image, *percentiles),
+                labels=labels,
+                classes=instance_to_classes(labels, boundary_width=boundary_width),
+            )
+        )
     channels = {s.image.shape[-1] for s in samples}
     if len(channels) > 1:
-        problems.append(f"images have different numbers of channels {sorted(channels)}: "
-                        + ", ".join(f"{s.name}={s.image.shape[-1]}" for s in samples[:5]))
+        problems.append(
+            f"images have different numbers of channels {sorted(channels)}: "
+            + ", ".join(f"{s.name}={s.image.shape[-1]}" for s in samples[:5])
+        )
     return samples, problems

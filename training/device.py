@@ -32,6 +32,8 @@ def make_strategy(distribute: str, *, batch_size: int) -> tf.distribute.Strategy
     devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
     strategy = tf.distribute.MirroredStrategy(devices=devices)
     if batch_size % strategy.num_replicas_in_sync:
-        raise UserInputError(f"batch_size {batch_size} is not divisible by the {strategy.num_replicas_in_sync} "
-                             "replicas of the distribution strategy")
+        raise UserInputError(
+            f"batch_size {batch_size} is not divisible by the {strategy.num_replicas_in_sync} "
+            "replicas of the distribution strategy"
+        )
     return strategy

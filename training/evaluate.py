@@ -17,8 +17,9 @@ def predict_segmentation(
     model: keras.Model, image: np.ndarray, *, geometry: Geometry, config: SegmentConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (Y, X, 3) and instance labels (Y, X) of a normalised (Y, X, C) image."""
-    probabilities = tiled_predict(model, image, step=geometry.step, halo=geometry.halo,
-                                  tile_size=config.tile_size)
+    probabilities = tiled_predict(
+        model, image, step=geometry.step, halo=geometry.halo, tile_size=config.tile_size
+    )
     instances = classes_to_instances(
         probabilities,
         interior_threshold=config.interior_threshold,
@@ -40,7 +41,9 @@ def evaluate_segmentation(
         pairs.append((sample.labels, instances))
     ious = iou_from_confusion(confusion)
     return {
-        "pixel_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(CLASS_NAMES, ious, strict=True)},
+        "pixel_iou": {
+            name: (None if np.isnan(v) else float(v)) for name, v in zip(CLASS_NAMES, ious, strict=True)
+        },
         "instances": evaluate_instances(pairs),
         "images": [sample.name for sample in samples],
     }

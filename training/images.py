@@ -45,20 +45,38 @@ def to_yxc(array: np.ndarray, path: Path, *, channel_axis: int | None = None) ->
         elif array.shape[0] <= MAX_CHANNELS:
             channel_axis = 0
         else:
-            raise UserInputError(f"{path}: a 3D stack of shape {array.shape} where a 2D image is expected "
-                                 f"(no axis of at most {MAX_CHANNELS} channels; set channel_axis if it has one)")
+            raise UserInputError(
+                f"{path}: a 3D stack of shape {array.shape} where a 2D image is expected "
+                f"(no axis of at most {MAX_CHANNELS} channels; set channel_axis if it has one)"
+            )
     return np.moveaxis(array, channel_axis, -1)
+
+
+def _checked_pixels(array: np.ndarray, path: Path) -> np.ndarray:
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
+        raise UserInputError(f"{path}: unsupported pixel type {array.dtype}")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise UserInputError(f"{path}: image contains NaN or infinite values")
+    return array
 
 
 def read_image(path: Path, *, channel_axis: int | None = None) -> np.ndarray:
     """Read a 2D image as (Y, X, C) float32, refusing non-numeric data and NaN or infinite values."""
-    array = read_array(path)
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
-        raise UserInputError(f"{path}: unsupported pixel type {array.dtype}")
-    image = to_yxc(array, path, channel_axis=channel_axis).astype(np.float32)
-    if not np.isfinite(image).all():
-        raise UserInputError(f"{path}: image contains NaN or infinite values")
-    return image
+    return to_yxc(_checked_pixels(read_array(path), path), path, channel_axis=channel_axis)
+
+
+def read_image_slices(path: Path, *, channel_axis: int | None = None) -> list[np.ndarray]:
+    """Read a 2D image, or a 3D stack split into its 2D slices, as a list of (Y, X, C) float32 arrays.
+
+    A 3D array is a stack of slices (Z, Y, X) when neither its first nor its last axis is small enough to
+    be channels; a 4D array is (Z, Y, X, C) or (Z, C, Y, X)."""
+    array = np.squeeze(_checked_pixels(read_array(path), path))
+    if array.ndim == 4:  # slices first; `channel_axis` then counts within a slice
+        return [to_yxc(plane, path, channel_axis=channel_axis) for plane in array]
+    if array.ndim == 3 and channel_axis is None and min(array.shape[0], array.shape[-1]) > MAX_CHANNELS:
+        return [plane[..., np.newaxis] for plane in array]
+    return [to_yxc(array, path, channel_axis=channel_axis)]
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -67,9 +85,14 @@ def read_mask(path: Path) -> np.ndarray:
     if array.ndim != 2:
         raise UserInputError(f"{path}: expected a 2D label mask, got an array of shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer):
-        if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all() \
-                or not np.array_equal(array, np.round(array)):
-            raise UserInputError(f"{path}: mask must hold integer labels, got {array.dtype} values that are not")
+        if (
+            not np.issubdtype(array.dtype, np.floating)
+            or not np.isfinite(array).all()
+            or not np.array_equal(array, np.round(array))
+        ):
+            raise UserInputError(
+                f"{path}: mask must hold integer labels, got {array.dtype} values that are not"
+            )
     if array.min() < 0:
         raise UserInputError(f"{path}: mask has negative labels")
     if array.max() > np.iinfo(np.int32).max:
@@ -77,7 +100,9 @@ def read_mask(path: Path) -> np.ndarray:
     return array.astype(np.int32)
 
 
-def percentile_normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8, eps: float = 1e-6) -> np.ndarray:
+def percentile_normalize(
+    image: np.ndarray, low: float = 1.0, high: float = 99.8, eps: float = 1e-6
+) -> np.ndarray:
     """Scale each channel of a (Y, X, C) image so its `low` percentile maps to 0 and `high` to 1.
 
     Same formula as bioimage.io's `scale_range` over axes (y, x): (x - p_low) / (p_high - p_low + eps),
@@ -90,14 +115,18 @@ def percentile_normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8
 
 def list_images(folder: Path) -> list[Path]:
     """Image files of a folder, sorted by name, hidden files skipped."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def write_tiff_atomic(path: Path, array: np.ndarray, **kwargs) -> None:
     """Write a TIFF through a temporary file in the same folder, so a reader never sees half a file."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                     delete=False) as handle:
+    with tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    ) as handle:
         tmp = Path(handle.name)
     try:
         tifffile.imwrite(tmp, array, **kwargs)

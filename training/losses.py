@@ -19,7 +19,9 @@ class WeightedSparseCategoricalCrossentropy(keras.losses.Loss):
     probabilities of shape (batch, y, x, classes).
     """
 
-    def __init__(self, class_weights: Sequence[float] = (1.0, 1.0, 10.0), name: str = "weighted_ce", **kwargs):
+    def __init__(
+        self, class_weights: Sequence[float] = (1.0, 1.0, 10.0), name: str = "weighted_ce", **kwargs
+    ):
         super().__init__(name=name, **kwargs)
         self.class_weights = [float(w) for w in class_weights]
 

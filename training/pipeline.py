@@ -18,7 +18,9 @@ def pad_to_at_least(array: np.ndarray, size: int) -> np.ndarray:
     pad_y, pad_x = max(size - array.shape[0], 0), max(size - array.shape[1], 0)
     if not pad_y and not pad_x:
         return array
-    widths = [(pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2)] + [(0, 0)] * (array.ndim - 2)
+    widths = [(pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2)] + [(0, 0)] * (
+        array.ndim - 2
+    )
     return np.pad(array, widths, mode="symmetric")
 
 

@@ -62,8 +62,9 @@ def new_run_dir(config: TrainingConfig, task: str) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         run_dir.mkdir()
     except FileExistsError:
-        raise UserInputError(f"{run_dir}: run folder exists already; choose another --run-name "
-                             "or continue it with --resume") from None
+        raise UserInputError(
+            f"{run_dir}: run folder exists already; choose another --run-name or continue it with --resume"
+        ) from None
     except OSError as error:
         raise UserInputError(f"{run_dir}: cannot create the run folder ({error.strerror})") from None
     return run_dir
@@ -89,8 +90,10 @@ def load_run_config(run_dir: Path, cls: type[TrainingConfig], overrides: dict) -
         raise UserInputError(f"{run_dir}: not a resumable run folder ({what})")
     refused = sorted(set(overrides) - RESUMABLE_OVERRIDES)
     if refused:
-        raise UserInputError(f"{run_dir}: cannot change {', '.join(refused)} when resuming "
-                             f"(only {', '.join(sorted(RESUMABLE_OVERRIDES))})")
+        raise UserInputError(
+            f"{run_dir}: cannot change {', '.join(refused)} when resuming "
+            f"(only {', '.join(sorted(RESUMABLE_OVERRIDES))})"
+        )
     values = read_json(run_dir / CONFIG_FILE) | overrides
     return build_config(cls, values, source=str(run_dir / CONFIG_FILE))
 
@@ -103,6 +106,7 @@ def fit(
     config: TrainingConfig,
     run_dir: Path,
     resume: bool,
+    extra_callbacks: list[keras.callbacks.Callback] = (),
 ) -> RunKeeper:
     """Train `model` (compiled, and when resuming loaded from `last.keras`) to `config.epochs` epochs."""
     initial_epoch, history, state = 0, [], {}
@@ -117,19 +121,39 @@ def fit(
     schedule = epoch_schedule(config)
     if schedule is None:
         stateful["plateau"] = keras.callbacks.ReduceLROnPlateau(
-            monitor=config.monitor, mode=mode, factor=config.plateau_factor, patience=config.plateau_patience,
-            min_lr=config.min_learning_rate, verbose=1)
+            monitor=config.monitor,
+            mode=mode,
+            factor=config.plateau_factor,
+            patience=config.plateau_patience,
+            min_lr=config.min_learning_rate,
+            verbose=1,
+        )
     else:
         callbacks.append(keras.callbacks.LearningRateScheduler(schedule))
     if config.early_stopping_patience:
         stateful["early_stopping"] = keras.callbacks.EarlyStopping(
-            monitor=config.monitor, mode=mode, patience=config.early_stopping_patience, verbose=1)
+            monitor=config.monitor, mode=mode, patience=config.early_stopping_patience, verbose=1
+        )
+    if state.get("epochs_done") != initial_epoch:
+        # Crash between state.json and last.keras: the state one epoch back matches the checkpoint.
+        state = state.get("previous") or {}
     if state.get("epochs_done") == initial_epoch:
         for name, callback in stateful.items():
             restore_callback_state(callback, state.get("callbacks", {}).get(name, {}))
-    keeper = RunKeeper(run_dir, monitor=config.monitor, history=history, best=state.get("best"),
-                       stateful=stateful)
-    callbacks += [*stateful.values(), keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")), keeper]
+    keeper = RunKeeper(
+        run_dir,
+        monitor=config.monitor,
+        history=history,
+        best=state.get("best"),
+        stateful=stateful,
+        previous={k: v for k, v in state.items() if k != "previous"} or None,
+    )
+    callbacks += [
+        *stateful.values(),
+        *extra_callbacks,
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")),
+        keeper,
+    ]
     if initial_epoch >= config.epochs:
         print(f"{run_dir}: all {config.epochs} epochs are done already")
         return keeper

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from training.callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT
-from training.cli import config_from_args, config_parser, run_main
-from training.config import SegmentConfig
+from training.cli import config_from_args, config_parser, resume_flags, run_main
+from training.config import SegmentConfig, read_config_file
 from training.data import SPLITS, PairSplit, Sample, find_pairs, load_samples
 from training.device import make_strategy, set_precision
 from training.errors import UserInputError
@@ -64,8 +64,9 @@ def _split_from_record(record: dict) -> PairSplit:
     split = PairSplit(source=record["source"])
     for name in SPLITS:
         folder = data_dir / name if record["source"] == "folders" else data_dir
-        split.pairs[name] = [(folder / "images" / image, folder / "masks" / mask)
-                             for image, mask in record["pairs"][name]]
+        split.pairs[name] = [
+            (folder / "images" / image, folder / "masks" / mask) for image, mask in record["pairs"][name]
+        ]
     return split
 
 
@@ -107,8 +108,13 @@ def run(config: SegmentConfig, *, resume_dir: Path | None = None) -> Path:
         write_synthetic_dataset(staging, n_images=config.synthetic_images, seed=config.seed)
         split = find_pairs(staging, seed=config.seed)
     else:
-        split = find_pairs(Path(config.data), split_csv=Path(config.split_csv) if config.split_csv else None,
-                           val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+        split = find_pairs(
+            Path(config.data),
+            split_csv=Path(config.split_csv) if config.split_csv else None,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+            seed=config.seed,
+        )
     try:
         samples = _load_split(split, config)
         run_dir = resume_dir or new_run_dir(config, "segment")
@@ -123,11 +129,17 @@ def run(config: SegmentConfig, *, resume_dir: Path | None = None) -> Path:
             if staging is not None:
                 staging.rename(data_dir)
             write_json(run_dir / CONFIG_FILE, config.model_dump(mode="json"))
-            write_json(run_dir / SPLIT_FILE, {
-                "data_dir": str(data_dir),
-                "source": split.source,
-                "pairs": {name: [(image.name, mask.name) for image, mask in split.pairs[name]] for name in SPLITS},
-            })
+            write_json(
+                run_dir / SPLIT_FILE,
+                {
+                    "data_dir": str(data_dir),
+                    "source": split.source,
+                    "pairs": {
+                        name: [(image.name, mask.name) for image, mask in split.pairs[name]]
+                        for name in SPLITS
+                    },
+                },
+            )
         _train(config, samples, run_dir, resume=resume_dir is not None)
     return run_dir
 
@@ -137,8 +149,10 @@ def _train(config: SegmentConfig, samples: dict[str, list[Sample]], run_dir: Pat
     strategy = make_strategy(config.distribute, batch_size=config.batch_size)
     channels = samples["train"][0].image.shape[-1]
     print(f"run folder: {run_dir}")
-    print(f"images: {', '.join(f'{len(samples[s])} {s}' for s in SPLITS)}; {channels} channel(s); "
-          f"precision {precision}; {strategy.num_replicas_in_sync} replica(s)")
+    print(
+        f"images: {', '.join(f'{len(samples[s])} {s}' for s in SPLITS)}; {channels} channel(s); "
+        f"precision {precision}; {strategy.num_replicas_in_sync} replica(s)"
+    )
     with strategy.scope():
         if resume:
             model = keras.models.load_model(run_dir / LAST_CHECKPOINT)
@@ -153,23 +167,43 @@ def _train(config: SegmentConfig, samples: dict[str, list[Sample]], run_dir: Pat
         first_epoch=int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // config.steps_per_epoch,
         steps_per_epoch=config.steps_per_epoch,
     )
-    val_data = grid_patches([s.image for s in samples["val"]], [s.classes[..., np.newaxis] for s in samples["val"]],
-                            patch_size=config.patch_size, max_patches=config.val_patches)
+    val_data = grid_patches(
+        [s.image for s in samples["val"]],
+        [s.classes[..., np.newaxis] for s in samples["val"]],
+        patch_size=config.patch_size,
+        max_patches=config.val_patches,
+    )
     fit(model, train_data, val_data, config=config, run_dir=run_dir, resume=resume)
 
     evaluated_on = "test" if samples["test"] else "val"
-    checkpoint = run_dir / BEST_CHECKPOINT if (run_dir / BEST_CHECKPOINT).exists() else run_dir / LAST_CHECKPOINT
+    checkpoint = (
+        run_dir / BEST_CHECKPOINT if (run_dir / BEST_CHECKPOINT).exists() else run_dir / LAST_CHECKPOINT
+    )
     best = keras.models.load_model(checkpoint, compile=False)
     geometry = model_geometry(best)
-    metrics = {"evaluated_on": evaluated_on, "checkpoint": checkpoint.name,
-               **evaluate_segmentation(best, samples[evaluated_on], geometry=geometry, config=config)}
-    metrics["geometry"] = {"step": geometry.step, "halo": geometry.halo, "receptive_field": geometry.receptive_field}
+    metrics = {
+        "evaluated_on": evaluated_on,
+        "checkpoint": checkpoint.name,
+        **evaluate_segmentation(best, samples[evaluated_on], geometry=geometry, config=config),
+    }
+    metrics["geometry"] = {
+        "step": geometry.step,
+        "halo": geometry.halo,
+        "receptive_field": geometry.receptive_field,
+    }
     write_json(run_dir / METRICS_FILE, metrics)
     print(f"\n{checkpoint.name} on the {evaluated_on} split ({len(samples[evaluated_on])} images):")
     print(format_metrics_table(metrics["instances"], metrics["pixel_iou"]))
     print(f"\nrun folder: {run_dir}")
-    for name in ("config.json", "best.keras", "last.keras", "history.csv", "curves.png", "tensorboard",
-                 "metrics.json"):
+    for name in (
+        "config.json",
+        "best.keras",
+        "last.keras",
+        "history.csv",
+        "curves.png",
+        "tensorboard",
+        "metrics.json",
+    ):
         print(f"  {run_dir / name}")
 
 
@@ -180,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         if args.resume is not None:
-            _, flags = config_from_args(SegmentConfig, args)
-            config = load_run_config(args.resume, SegmentConfig, flags)
+            overrides = (read_config_file(args.config) if args.config else {}) | resume_flags(
+                SegmentConfig, args
+            )
+            config = load_run_config(args.resume, SegmentConfig, overrides)
             run(config, resume_dir=args.resume)
         else:
             config, _ = config_from_args(SegmentConfig, args)

@@ -49,10 +49,14 @@ def classes_to_instances(
     interior = probabilities[..., 1]
     foreground = (1.0 - probabilities[..., 0]) > foreground_threshold
     seeds = connected_components(interior > interior_threshold, connectivity=1)
+    mask = foreground | (seeds > 0)
+    instances = watershed(-interior, markers=seeds, mask=mask)
     if min_size > 0:
-        # Tiny seeds are noise; removing them first keeps them from claiming foreground in the watershed.
-        seeds = remove_small_objects(seeds, max_size=max(min_size // 2 - 1, 0))
-    instances = watershed(-interior, markers=seeds, mask=foreground | (seeds > 0))
-    if min_size > 0:
+        # Judge a seed by the object it grows into, not by its own size: with a wide boundary class the
+        # interior of a small nucleus is only a few pixels. Pixels of dropped objects go to neighbours.
+        too_small = np.bincount(instances.ravel(), minlength=int(seeds.max()) + 1) < min_size
+        too_small[0] = False
+        seeds[too_small[seeds]] = 0
+        instances = watershed(-interior, markers=seeds, mask=mask)
         instances = remove_small_objects(instances, max_size=min_size - 1)
     return relabel_sequential(instances.astype(np.uint32))[0]

@@ -10,6 +10,7 @@ field no longer reaches the tile's zero padding.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -80,5 +81,20 @@ def tiled_predict(
         if output is None:
             output = np.zeros(padded.shape[:2] + predictions.shape[-1:], dtype=np.float32)
         for (r, c), prediction in zip(chunk, predictions, strict=True):
-            output[r[2] : r[3], c[2] : c[3]] = prediction[r[2] - r[0] : r[3] - r[0], c[2] - c[0] : c[3] - c[0]]
+            output[r[2] : r[3], c[2] : c[3]] = prediction[
+                r[2] - r[0] : r[3] - r[0], c[2] - c[0] : c[3] - c[0]
+            ]
     return output[: image.shape[0], : image.shape[1]]
+
+
+def predict_tta(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> np.ndarray:
+    """Average of `predict` over the 8 rotations and flips of a (Y, X, C) image (test-time augmentation),
+    each prediction turned back before averaging. Suits models whose task does not depend on orientation."""
+    total = None
+    for flip in (False, True):
+        flipped = image[:, ::-1] if flip else image
+        for quarter_turns in range(4):
+            output = np.rot90(predict(np.ascontiguousarray(np.rot90(flipped, quarter_turns))), -quarter_turns)
+            output = output[:, ::-1] if flip else output
+            total = output.astype(np.float64) if total is None else total + output
+    return (total / 8).astype(np.float32)

@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from zoo.receptive_field import Geometry, model_geometry  # noqa: E402
-from zoo.registry import MODELS, build_model  # noqa: E402
+from zoo.receptive_field import Geometry, model_geometry
+from zoo.registry import MODELS, build_model
 
 __all__ = ["MODELS", "Geometry", "build_model", "model_geometry"]

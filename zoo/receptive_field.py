@@ -31,8 +31,15 @@ _POINTWISE = (
     keras.layers.Softmax,
     keras.layers.Rescaling,
 )
-_MERGE = (keras.layers.Concatenate, keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
-          keras.layers.Average, keras.layers.Maximum, keras.layers.Minimum)
+_MERGE = (
+    keras.layers.Concatenate,
+    keras.layers.Add,
+    keras.layers.Subtract,
+    keras.layers.Multiply,
+    keras.layers.Average,
+    keras.layers.Maximum,
+    keras.layers.Minimum,
+)
 
 
 @dataclass(frozen=True)
@@ -85,9 +92,15 @@ def _layer_footprint(layer: keras.layers.Layer, inputs: list[Footprint]) -> Foot
         return Footprint(fp.scale * stride, fp.low + low * fp.scale, fp.high + high * fp.scale)
     if isinstance(layer, keras.layers.Conv2DTranspose):
         kernel, stride = layer.kernel_size[0], layer.strides[0]
-        if kernel != stride or layer.strides[0] != layer.strides[1] or layer.kernel_size[0] != layer.kernel_size[1]:
-            raise NotImplementedError(f"layer {layer.name!r}: only square transposed convolutions with "
-                                      "kernel_size == strides are supported")
+        if (
+            kernel != stride
+            or layer.strides[0] != layer.strides[1]
+            or layer.kernel_size[0] != layer.kernel_size[1]
+        ):
+            raise NotImplementedError(
+                f"layer {layer.name!r}: only square transposed convolutions with "
+                "kernel_size == strides are supported"
+            )
         return _upsample(fp, stride)
     if isinstance(layer, keras.layers.UpSampling2D):
         if layer.size[0] != layer.size[1]:
@@ -102,7 +115,9 @@ def _layer_footprint(layer: keras.layers.Layer, inputs: list[Footprint]) -> Foot
     if isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)):
         pool, stride = layer.pool_size[0], layer.strides[0]
         if pool != stride:
-            raise NotImplementedError(f"layer {layer.name!r}: only pooling with pool_size == strides is supported")
+            raise NotImplementedError(
+                f"layer {layer.name!r}: only pooling with pool_size == strides is supported"
+            )
         # Output pixel q covers input pixels stride*q ... stride*q + pool - 1 of the previous tensor.
         return Footprint(fp.scale * stride, fp.low, fp.high + (pool - 1) * fp.scale)
     raise NotImplementedError(f"receptive field of layer {layer.name!r} ({type(layer).__name__}) is unknown")

@@ -12,7 +12,10 @@ from typing import Literal
 import keras
 from keras import layers
 
+from zoo.layers import MaxBlurPool2D
+
 Upsampling = Literal["transpose", "nearest"]
+Downsampling = Literal["max", "blur"]
 
 
 def _conv_block(x, *, filters: int, kernel_size: int, batch_norm: bool, dropout: float, prefix: str):
@@ -44,6 +47,9 @@ def build_unet(
     batch_norm: bool = True,
     dropout: float = 0.0,
     upsampling: Upsampling = "transpose",
+    downsampling: Downsampling = "max",
+    top_skip: bool = True,
+    residual: bool = False,
     final_activation: str | None = "softmax",
     name: str = "unet",
 ) -> keras.Model:
@@ -61,24 +67,57 @@ def build_unet(
         dropout: dropout rate after each convolution block (0 disables it).
         upsampling: ``"transpose"`` (learned 2x2 transposed convolution) or ``"nearest"`` (nearest-neighbour
             up-sampling followed by a 2x2 convolution, free of checkerboard artefacts).
+        downsampling: ``"max"`` (2x2 max pooling) or ``"blur"`` (max-blur-pooling, as in N2V2).
+        top_skip: keep the skip connection of the first (full-resolution) level; N2V2 drops it so the
+            output cannot copy high-frequency input noise straight across.
+        residual: add the input to the output (restoration: the network learns the correction);
+            needs ``num_classes == input_channels`` and no final activation.
         final_activation: activation of the output layer (``"softmax"``, ``"sigmoid"``, ``None`` for linear).
             It runs in float32 even under a mixed-precision policy, so outputs are full precision.
         name: model name.
     """
-    _check_unet_arguments(depth=depth, base_filters=base_filters, kernel_size=kernel_size, dropout=dropout,
-                          upsampling=upsampling, input_channels=input_channels, num_classes=num_classes)
+    _check_unet_arguments(
+        depth=depth,
+        base_filters=base_filters,
+        kernel_size=kernel_size,
+        dropout=dropout,
+        upsampling=upsampling,
+        downsampling=downsampling,
+        input_channels=input_channels,
+        num_classes=num_classes,
+    )
+    if residual and (num_classes != input_channels or final_activation not in (None, "linear")):
+        raise ValueError(
+            "residual needs num_classes == input_channels and a linear output "
+            f"(got {num_classes}, {input_channels}, {final_activation!r})"
+        )
     # === Layers and functional model ===
     inputs = keras.Input(shape=(None, None, input_channels), name="input")
     x = inputs
     skips = []
     for level in range(depth):
-        x = _conv_block(x, filters=base_filters * 2**level, kernel_size=kernel_size, batch_norm=batch_norm,
-                        dropout=dropout, prefix=f"enc{level}")
+        x = _conv_block(
+            x,
+            filters=base_filters * 2**level,
+            kernel_size=kernel_size,
+            batch_norm=batch_norm,
+            dropout=dropout,
+            prefix=f"enc{level}",
+        )
         skips.append(x)
-        x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+        if downsampling == "blur":
+            x = MaxBlurPool2D(name=f"enc{level}_blurpool")(x)
+        else:
+            x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
 
-    x = _conv_block(x, filters=base_filters * 2**depth, kernel_size=kernel_size, batch_norm=batch_norm,
-                    dropout=dropout, prefix="bottleneck")
+    x = _conv_block(
+        x,
+        filters=base_filters * 2**depth,
+        kernel_size=kernel_size,
+        batch_norm=batch_norm,
+        dropout=dropout,
+        prefix="bottleneck",
+    )
 
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
@@ -87,11 +126,21 @@ def build_unet(
         else:
             x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
             x = layers.Conv2D(filters, 2, padding="same", name=f"dec{level}_upconv")(x)
-        x = layers.Concatenate(name=f"dec{level}_concat")([skips[level], x])
-        x = _conv_block(x, filters=filters, kernel_size=kernel_size, batch_norm=batch_norm, dropout=dropout,
-                        prefix=f"dec{level}")
+        if level > 0 or top_skip:
+            x = layers.Concatenate(name=f"dec{level}_concat")([skips[level], x])
+        x = _conv_block(
+            x,
+            filters=filters,
+            kernel_size=kernel_size,
+            batch_norm=batch_norm,
+            dropout=dropout,
+            prefix=f"dec{level}",
+        )
 
     x = layers.Conv2D(num_classes, 1, name="head_conv")(x)
+    if residual:
+        # In float32 under mixed precision: the input's full precision survives the addition.
+        x = layers.Add(dtype="float32", name="residual_add")([inputs, x])
     outputs = layers.Activation(final_activation or "linear", dtype="float32", name="output")(x)
     return keras.Model(inputs, outputs, name=name)
 
@@ -108,8 +157,12 @@ def _check_unet_arguments(**kwargs) -> None:
         if not low <= kwargs[key] <= high:
             raise ValueError(f"{key} must be in [{low}, {high}], got {kwargs[key]}")
     if kwargs["kernel_size"] % 2 == 0:
-        raise ValueError(f"kernel_size must be odd so that `same` padding is centred, got {kwargs['kernel_size']}")
+        raise ValueError(
+            f"kernel_size must be odd so that `same` padding is centred, got {kwargs['kernel_size']}"
+        )
     if not 0.0 <= kwargs["dropout"] < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {kwargs['dropout']}")
     if kwargs["upsampling"] not in ("transpose", "nearest"):
         raise ValueError(f"upsampling must be 'transpose' or 'nearest', got {kwargs['upsampling']!r}")
+    if kwargs["downsampling"] not in ("max", "blur"):
+        raise ValueError(f"downsampling must be 'max' or 'blur', got {kwargs['downsampling']!r}")

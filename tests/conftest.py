@@ -1,0 +1,85 @@
+"""Shared test helpers: a tiny model factory and the path of the real DSB2018 sample."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import zoo
+
+DATA_DIR = Path(__file__).parents[1].parent / "shared" / "data"
+
+# Small enough that a model builds and predicts in a fraction of a second on two CPU cores.
+TINY_ARGUMENTS = {"depth": 2, "base_filters": 4}
+
+
+def build_tiny_model(name: str = "unet", *, seed: int = 0, **overrides) -> keras.Model:
+    """Build the registered model `name` small, with seeded weights and random batch-norm statistics.
+
+    Only the tiny arguments the builder accepts are passed, so a newly registered model works unchanged.
+    The batch-norm moving statistics are random rather than the trivial (mean 0, variance 1), so that
+    a test also catches code that drops or mishandles them (saving, tiling).
+    """
+    builder = zoo.MODELS[name]
+    accepted = inspect.signature(builder).parameters
+    arguments = {key: value for key, value in TINY_ARGUMENTS.items() if key in accepted} | overrides
+    keras.utils.set_random_seed(seed)
+    model = zoo.build_model(name, **arguments)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = (w.shape for w in layer.get_weights())
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma),
+                    rng.normal(0.0, 0.5, beta),
+                    rng.normal(0.0, 0.5, mean),
+                    rng.uniform(0.5, 2.0, variance),
+                ]
+            )
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Callable[..., keras.Model]:
+    """The `build_tiny_model` factory."""
+    return build_tiny_model
+
+
+@pytest.fixture
+def dsb_dir() -> Path:
+    """The folder of the real DSB2018 nuclei sample (images/ and masks/), or skip where it is absent."""
+    path = DATA_DIR / "nuclei_dsb2018"
+    if not path.is_dir():
+        pytest.skip("../shared/data not present (only in the project workspace)")
+    return path
+
+
+# Options of a segmentation run small enough to train, checkpoint and evaluate in a few seconds on two
+# CPU cores. Later flags win in argparse, so a test appends what it changes (e.g. "--epochs", "4").
+TINY_SEGMENT_FLAGS = tuple(
+    "--epochs 2 --steps-per-epoch 2 --patch-size 32 --batch-size 2 --depth 1 --base-filters 4 "
+    "--val-patches 4 --tile-size 64".split()
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_segment_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four synthetic 64x64 nuclei images with masks and index.csv (2 train, 1 val, 1 test).
+
+    Shared by the session: tests must not write into it (copy it with `shutil.copytree` to break files).
+    """
+    from training.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("segment") / "data", n_images=4, shape=(64, 64))
+
+
+@pytest.fixture(scope="session")
+def tiny_segment_flags(tiny_segment_data: Path) -> tuple[str, ...]:
+    """`--data` (the tiny dataset) and the tiny training options, for `training.segment.main`."""
+    return ("--data", str(tiny_segment_data), *TINY_SEGMENT_FLAGS)

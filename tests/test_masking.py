@@ -1,0 +1,331 @@
+"""Tests for training.masking: blind-spot positions, replacements, structN2V lines and MaskedLoss."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training.masking import (
+    REPLACEMENTS,
+    MaskedLoss,
+    blind_spot_mask,
+    grid_box_side,
+    masked_pixel_count,
+)
+
+
+def _noise(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def _unique_values(batch: int, size: int, channels: int = 1) -> np.ndarray:
+    """Patches whose value is the flat pixel index, so a value tells which pixel it came from."""
+    plane = np.arange(size * size, dtype=np.float32).reshape(size, size)
+    stack = [plane + 10_000 * c for c in range(channels)]
+    return np.broadcast_to(np.stack(stack, axis=-1), (batch, size, size, channels)).copy()
+
+
+def _mask(patches: np.ndarray, seed: int = 0, **options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(masked, original, mask) as numpy arrays."""
+    masked, target = blind_spot_mask(tf.constant(patches), tf.constant([seed, 1]), **options)
+    channels = patches.shape[-1]
+    target = target.numpy()
+    return masked.numpy(), target[..., :channels], target[..., channels:]
+
+
+def _window_without_centre(image: np.ndarray, y: int, x: int, radius: int) -> np.ndarray:
+    """Values of the mirrored (2r+1)² window around (y, x), leaving out every copy of the centre pixel."""
+    height, width = image.shape
+    sources = np.pad(np.arange(height * width).reshape(height, width), radius, mode="reflect")
+    values = np.pad(image, radius, mode="reflect")
+    window = np.s_[y : y + 2 * radius + 1, x : x + 2 * radius + 1]
+    return values[window][sources[window] != y * width + x]
+
+
+# === Positions ===
+
+
+@pytest.mark.parametrize("fraction", [0.002, 0.005, 0.01, 0.02, 0.0494, 0.05])
+def test_masked_fraction_is_within_25_percent_of_requested(fraction):
+    _, _, mask = _mask(_noise((128, 64, 64, 1)), fraction=fraction)
+    assert abs(mask.mean() - fraction) <= 0.25 * fraction
+
+
+@pytest.mark.parametrize("fraction", [0.002, 0.01, 0.05])
+def test_each_full_grid_box_holds_exactly_one_masked_pixel_and_cut_boxes_at_most_one(fraction):
+    side = grid_box_side(fraction)
+    height, width = 50, 70  # not multiples of the box side, so the far boxes are cut
+    _, _, mask = _mask(_noise((16, height, width, 1)), fraction=fraction)
+    full_y, full_x = height // side, width // side
+    boxes_y, boxes_x = -(-height // side), -(-width // side)
+    padded = np.zeros((16, boxes_y * side, boxes_x * side))
+    padded[:, :height, :width] = mask[..., 0]
+    per_box = padded.reshape(16, boxes_y, side, boxes_x, side).sum(axis=(2, 4))
+    assert np.all(per_box[:, :full_y, :full_x] == 1)
+    assert per_box.max() == 1
+
+
+def test_pixels_in_cut_edge_boxes_are_masked_as_often_as_interior_pixels():
+    # 23 px with box side 10: the last row and column of boxes are cut to 3 px.
+    _, _, mask = _mask(_noise((2000, 23, 23, 1)), fraction=0.01)
+    mask = mask[..., 0]
+    assert grid_box_side(0.01) == 10
+    interior, edge_rows = mask[:, :20, :20].mean(), mask[:, 20:, :].mean()
+    assert abs(interior - 0.01) < 0.001
+    assert abs(edge_rows - 0.01) < 0.002
+
+
+def test_grid_box_side_picks_the_density_nearest_the_fraction():
+    assert grid_box_side(0.25) == 2
+    assert grid_box_side(0.01) == 10
+    assert grid_box_side(0.002) == 22
+    # round(1/sqrt(0.0494)) would be 4, a density of 0.0625 (+27%); 5 gives 0.04 (-19%).
+    assert grid_box_side(0.0494) == 5
+
+
+def test_same_seed_gives_identical_outputs_and_different_seed_differs():
+    patches = _noise((4, 32, 32, 2))
+    first = _mask(patches, seed=3, fraction=0.02, replacement="uniform", struct_axis=1, struct_span=2)
+    again = _mask(patches, seed=3, fraction=0.02, replacement="uniform", struct_axis=1, struct_span=2)
+    other = _mask(patches, seed=4, fraction=0.02, replacement="uniform", struct_axis=1, struct_span=2)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[2], other[2])
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_independent_channels_get_their_own_positions_shared_ones_the_same():
+    patches = _noise((4, 32, 32, 3))
+    _, _, independent = _mask(patches, fraction=0.02, independent_channels=True)
+    _, _, shared = _mask(patches, fraction=0.02, independent_channels=False)
+    assert not np.array_equal(independent[..., 0], independent[..., 1])
+    assert not np.array_equal(independent[..., 1], independent[..., 2])
+    np.testing.assert_array_equal(shared[..., 0], shared[..., 1])
+    np.testing.assert_array_equal(shared[..., 0], shared[..., 2])
+    # Each channel still gets the requested density on its own.
+    for c in range(3):
+        assert abs(independent[..., c].mean() - 0.02) <= 0.25 * 0.02
+
+
+# === Replacements ===
+
+
+def test_uniform_replacement_never_uses_the_centre_and_covers_the_window():
+    size, radius = 24, 2
+    masked, _, mask = _mask(_unique_values(512, size), fraction=0.05, radius=radius)
+    b, y, x, _ = np.nonzero(mask)
+    source_y, source_x = np.divmod(masked[b, y, x, 0].astype(int), size)
+    assert np.all((source_y != y) | (source_x != x))
+    assert np.all(np.abs(source_y - y) <= radius) and np.all(np.abs(source_x - x) <= radius)
+    # Away from the border every offset of the window except (0, 0) should be about equally likely.
+    inner = (y >= radius) & (y < size - radius) & (x >= radius) & (x < size - radius)
+    offsets = (source_y - y)[inner] * (2 * radius + 1) + (source_x - x)[inner]
+    counts = np.bincount(offsets + radius * (2 * radius + 1) + radius, minlength=(2 * radius + 1) ** 2)
+    counts = np.delete(counts, (2 * radius + 1) ** 2 // 2)
+    assert np.all(np.abs(counts - counts.mean()) < 0.25 * counts.mean())
+
+
+def test_uniform_replacement_with_shared_positions_takes_all_channels_from_one_neighbour():
+    masked, _, mask = _mask(_unique_values(8, 16, channels=2), fraction=0.05)
+    b, y, x, _ = np.nonzero(mask[..., :1])
+    np.testing.assert_array_equal(masked[b, y, x, 1] - masked[b, y, x, 0], 10_000)
+
+
+@pytest.mark.parametrize("radius", [1, 3])
+def test_median_replacement_is_numpy_median_of_mirrored_window_without_centre(radius):
+    patches = _noise((6, 16, 16, 1))
+    masked, _, mask = _mask(patches, fraction=0.05, radius=radius, replacement="median")
+    for b, y, x, _ in zip(*np.nonzero(mask), strict=True):
+        expected = np.median(_window_without_centre(patches[b, ..., 0], y, x, radius))
+        np.testing.assert_allclose(masked[b, y, x, 0], expected, rtol=1e-6)
+
+
+def test_mean_replacement_is_numpy_mean_of_mirrored_window_without_centre():
+    patches = _noise((6, 16, 16, 1))
+    masked, _, mask = _mask(patches, fraction=0.05, radius=2, replacement="mean")
+    for b, y, x, _ in zip(*np.nonzero(mask), strict=True):
+        expected = np.mean(_window_without_centre(patches[b, ..., 0], y, x, 2))
+        np.testing.assert_allclose(masked[b, y, x, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_zero_replacement_sets_masked_pixels_to_zero():
+    masked, _, mask = _mask(_noise((4, 32, 32, 2)) + 5.0, fraction=0.02, replacement="zero")
+    assert mask.sum() > 0
+    assert np.all(masked[mask == 1] == 0.0)
+
+
+@pytest.mark.parametrize("replacement", REPLACEMENTS)
+def test_unmasked_pixels_are_unchanged_and_target_holds_the_original(replacement):
+    patches = _noise((4, 32, 32, 2))
+    masked, original, mask = _mask(patches, fraction=0.02, replacement=replacement)
+    np.testing.assert_array_equal(original, patches)
+    np.testing.assert_array_equal(masked[mask == 0], patches[mask == 0])
+    assert np.all(masked[mask == 1] != patches[mask == 1])
+    assert set(np.unique(mask)) == {0.0, 1.0}
+
+
+# === structN2V ===
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_struct_line_hides_span_pixels_each_side_along_axis_with_values_in_patch_range(axis):
+    span = 3
+    patches = _noise((8, 48, 48, 1))
+    masked, _, mask = _mask(patches, fraction=0.002, replacement="zero", struct_axis=axis, struct_span=span)
+    expected_line = np.zeros(patches.shape, dtype=bool)
+    for b, y, x, c in zip(*np.nonzero(mask), strict=True):
+        for k in [*range(-span, 0), *range(1, span + 1)]:
+            ly, lx = (y + k, x) if axis == 0 else (y, x + k)
+            if 0 <= ly < 48 and 0 <= lx < 48:
+                expected_line[b, ly, lx, c] = True
+    centres = mask == 1
+    line_only = expected_line & ~centres
+    # Exactly the centres and their lines change: nothing beyond the span, nothing on the other axis.
+    np.testing.assert_array_equal(masked != patches, centres | expected_line)
+    low = patches.min(axis=(1, 2), keepdims=True)
+    high = patches.max(axis=(1, 2), keepdims=True)
+    in_range = (masked >= low) & (masked <= high)
+    assert line_only.sum() > 0 and np.all(in_range[line_only])
+    assert np.all(masked[centres] == 0.0)  # the centre keeps its own replacement
+
+
+def test_struct_mask_marks_centres_only():
+    patches = _noise((8, 48, 48, 1))
+    _, _, plain_mask = _mask(patches, fraction=0.002)
+    _, _, struct_mask = _mask(patches, fraction=0.002, struct_axis=0, struct_span=4)
+    np.testing.assert_array_equal(struct_mask, plain_mask)
+
+
+def test_struct_centre_replacement_never_comes_from_the_hidden_line():
+    size, radius, span = 24, 2, 1
+    masked, _, mask = _mask(
+        _unique_values(256, size), fraction=0.05, radius=radius, struct_axis=1, struct_span=span
+    )
+    b, y, x, _ = np.nonzero(mask)
+    source_y, source_x = np.divmod(masked[b, y, x, 0].astype(int), size)
+    on_line = (source_y == y) & (np.abs(source_x - x) <= span)
+    assert not np.any(on_line)
+    assert np.any(source_y == y)  # pixels on the same row beyond the span are still allowed
+
+
+# === Graph mode and tf.data ===
+
+
+def test_runs_in_tf_function_with_unknown_shapes_and_matches_eager():
+    patches = _noise((5, 20, 28, 2))
+    options = {"fraction": 0.02, "replacement": "median", "struct_axis": 0, "struct_span": 2}
+    graph = tf.function(
+        lambda p, s: blind_spot_mask(p, s, **options),
+        input_signature=[tf.TensorSpec((None, None, None, 2)), tf.TensorSpec((2,), tf.int32)],
+    )
+    seed = tf.constant([9, 1])
+    for got, want in zip(graph(patches, seed), blind_spot_mask(patches, seed, **options), strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_runs_in_dataset_map_on_batches_and_feeds_keras_fit():
+    patches = _noise((16, 32, 32, 1))
+    dataset = tf.data.Dataset.zip(
+        tf.data.Dataset.from_tensor_slices(patches).batch(8), tf.data.Dataset.counter()
+    )
+    dataset = dataset.map(
+        lambda batch, step: blind_spot_mask(batch, tf.stack([step, 7]), fraction=0.02, replacement="median")
+    )
+    assert dataset.element_spec[0].shape.as_list() == [None, 32, 32, 1]
+    assert dataset.element_spec[1].shape.as_list() == [None, 32, 32, 2]
+    masked, target = next(iter(dataset))
+    eager_masked, eager_target = blind_spot_mask(
+        patches[:8], tf.constant([0, 7], tf.int64), fraction=0.02, replacement="median"
+    )
+    np.testing.assert_array_equal(masked.numpy(), eager_masked.numpy())
+    np.testing.assert_array_equal(target.numpy(), eager_target.numpy())
+
+    inputs = keras.Input((32, 32, 1), name="image")
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same", name="conv")(inputs))
+    model.compile(optimizer="adam", loss=MaskedLoss())
+    history = model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][0])
+
+
+# === MaskedLoss ===
+
+
+def _hand_made_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    target = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)[None, ..., None]
+    mask = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)[None, ..., None]
+    prediction = np.array([[0.0, 2.0], [3.0, 1.0]], dtype=np.float32)[None, ..., None]
+    return target, mask, prediction
+
+
+def test_masked_mse_counts_only_masked_pixels():
+    target, mask, prediction = _hand_made_case()
+    y_true = np.concatenate([target, mask], axis=-1)
+    # Masked errors are 1 and 3: (1 + 9) / 2.
+    assert float(MaskedLoss()(y_true, prediction)) == pytest.approx(5.0)
+    prediction[0, 0, 1, 0] = 100.0  # an unmasked pixel
+    assert float(MaskedLoss()(y_true, prediction)) == pytest.approx(5.0)
+
+
+def test_masked_mae_and_per_sample_values():
+    target, mask, prediction = _hand_made_case()
+    y_true = np.concatenate([np.concatenate([target, mask], axis=-1)] * 2)
+    prediction = np.concatenate([prediction, target])  # second sample is perfect
+    per_sample = MaskedLoss(kind="mae").call(tf.constant(y_true), tf.constant(prediction))
+    np.testing.assert_allclose(per_sample.numpy(), [2.0, 0.0])
+    assert float(MaskedLoss(kind="mae")(y_true, prediction)) == pytest.approx(1.0)
+
+
+def test_masked_loss_of_sample_without_masked_pixels_is_zero_not_nan():
+    y_true = np.zeros((1, 4, 4, 2), dtype=np.float32)
+    assert float(MaskedLoss()(y_true, np.ones((1, 4, 4, 1), dtype=np.float32))) == 0.0
+
+
+def test_masked_loss_serialization_round_trip():
+    loss = MaskedLoss(kind="mae", name="n2v_loss")
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert isinstance(restored, MaskedLoss)
+    assert restored.get_config() == loss.get_config()
+    target, mask, prediction = _hand_made_case()
+    y_true = np.concatenate([target, mask], axis=-1)
+    assert float(restored(y_true, prediction)) == float(loss(y_true, prediction))
+
+
+def test_masked_pixel_count_counts_mask_channels_per_sample():
+    target = np.zeros((2, 8, 8, 4), dtype=np.float32)
+    target[0, 1, 1, 2:] = 1.0
+    target[1, 3, 4, 3] = 1.0
+    np.testing.assert_array_equal(masked_pixel_count(tf.constant(target)).numpy(), [2.0, 1.0])
+
+
+# === Argument checks ===
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"fraction": 0.0}, "fraction"),
+        ({"fraction": 0.3}, "fraction"),
+        ({"radius": 0}, "radius"),
+        ({"radius": 11}, "radius"),
+        ({"radius": 2.5}, "radius"),
+        ({"replacement": "nearest"}, "replacement"),
+        ({"struct_axis": 2, "struct_span": 1}, "struct_axis"),
+        ({"struct_axis": 0, "struct_span": 11}, "struct_span"),
+        ({"struct_axis": 0, "struct_span": -1}, "struct_span"),
+        ({"struct_span": 2}, "struct_axis"),
+    ],
+)
+def test_bad_arguments_raise_value_error(options, message):
+    with pytest.raises(ValueError, match=message):
+        blind_spot_mask(tf.zeros((1, 16, 16, 1)), tf.constant([0, 0]), **options)
+
+
+def test_bad_shapes_and_loss_kind_raise_value_error():
+    with pytest.raises(ValueError, match="shape"):
+        blind_spot_mask(tf.zeros((16, 16, 1)), tf.constant([0, 0]))
+    with pytest.raises(ValueError, match="seed"):
+        blind_spot_mask(tf.zeros((1, 16, 16, 1)), tf.constant([0, 0, 0]))
+    with pytest.raises(ValueError, match="kind"):
+        MaskedLoss(kind="huber")

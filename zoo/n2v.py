@@ -1,0 +1,62 @@
+"""Noise2Void denoisers (Krull et al., CVPR 2019) and N2V2 (Hoeck et al., ECCV Workshops 2022).
+
+Both are U-Net configurations: a residual image-to-image network with a linear output, so the saved
+model is a plain denoiser. The blind spot that makes self-supervision work lives in the training data
+(see `training.masking`), not in the network.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from zoo.unet import build_unet
+
+
+def build_n2v(
+    *,
+    input_channels: int = 1,
+    depth: int = 2,
+    base_filters: int = 32,
+    kernel_size: int = 3,
+    batch_norm: bool = True,
+    name: str = "n2v",
+) -> keras.Model:
+    """The N2V network of the original paper's configuration: U-Net, depth 2, 32 base filters, batch
+    norm, max pooling, residual connection from input to a linear output."""
+    return build_unet(
+        input_channels=input_channels,
+        num_classes=input_channels,
+        depth=depth,
+        base_filters=base_filters,
+        kernel_size=kernel_size,
+        batch_norm=batch_norm,
+        residual=True,
+        final_activation=None,
+        name=name,
+    )
+
+
+def build_n2v2(
+    *,
+    input_channels: int = 1,
+    depth: int = 2,
+    base_filters: int = 32,
+    kernel_size: int = 3,
+    batch_norm: bool = True,
+    name: str = "n2v2",
+) -> keras.Model:
+    """N2V2: as N2V, with max-blur-pooling and without the top-level skip connection, the two changes
+    the paper makes to suppress checkerboard artefacts."""
+    return build_unet(
+        input_channels=input_channels,
+        num_classes=input_channels,
+        depth=depth,
+        base_filters=base_filters,
+        kernel_size=kernel_size,
+        batch_norm=batch_norm,
+        downsampling="blur",
+        top_skip=False,
+        residual=True,
+        final_activation=None,
+        name=name,
+    )
