@@ -24,6 +24,8 @@ TINY = [
     "4",
     "--mask-fraction",
     "0.01",
+    "--warmup-epochs",
+    "0",
 ]
 
 
@@ -57,9 +59,7 @@ def test_nan_image_and_bad_fraction_are_refused(tmp_path, capsys):
     assert main(["--data", str(image), "--out-dir", str(tmp_path / "runs"), *TINY]) == 2
     assert f"{image}: image contains NaN" in capsys.readouterr().err
     assert (
-        main(
-            ["--data", str(image), "--out-dir", str(tmp_path / "runs"), *TINY[:-2], "--mask-fraction", "0.5"]
-        )
+        main(["--data", str(image), "--out-dir", str(tmp_path / "runs"), *TINY, "--mask-fraction", "0.5"])
         == 2
     )
     assert "mask_fraction" in capsys.readouterr().err

@@ -112,9 +112,11 @@ class SegmentConfig(TrainingConfig):
     )
     percentile_high: float = Field(99.8, gt=0, le=100, description="Upper percentile of normalisation.")
 
+    epochs: int = Field(20, ge=1, le=100_000, description="Number of epochs.")
+    steps_per_epoch: int = Field(40, ge=1, le=1_000_000, description="Training batches per epoch.")
     model: Literal["unet"] = Field("unet", description="Registered model to train.")
     depth: int = Field(3, ge=1, le=6, description="U-Net depth (number of 2x down-samplings).")
-    base_filters: int = Field(32, ge=1, le=512, description="Filters of the first U-Net level.")
+    base_filters: int = Field(16, ge=1, le=512, description="Filters of the first U-Net level.")
     kernel_size: int = Field(3, ge=1, le=11, description="Convolution kernel size (odd).")
     batch_norm: bool = Field(True, description="Batch normalisation after each convolution.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after each convolution block.")
@@ -186,6 +188,18 @@ class DenoiseConfig(TrainingConfig):
         "are at least 3, else the bottom rows of each image.",
     )
 
+    patch_size: int = Field(64, ge=16, le=4096, description="Side of the square training patches, in pixels.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Global batch size (split across replicas).")
+    epochs: int = Field(20, ge=1, le=100_000, description="Number of epochs.")
+    steps_per_epoch: int = Field(25, ge=1, le=1_000_000, description="Training batches per epoch.")
+    learning_rate: float = Field(
+        4e-4, gt=0, le=1.0, description="Initial (peak, with warm-up) learning rate."
+    )
+    lr_schedule: Literal["plateau", "cosine", "poly", "constant"] = Field(
+        "cosine",
+        description="As for segmentation; cosine by default: N2V's noisy validation loss is a poor "
+        "trigger for reductions on plateau.",
+    )
     model: Literal["n2v", "n2v2"] = Field(
         "n2v",
         description="n2v: the original network; n2v2: blur-pool "
