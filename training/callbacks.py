@@ -186,7 +186,7 @@ def callback_state(callback: keras.callbacks.Callback) -> dict:
 
 
 def restore_callback_state(callback: keras.callbacks.Callback, state: dict) -> None:
-    """Put counters saved by `callback_state` back. Keras resets some in `on_train_begin`, so this wraps it."""
+    """Put counters saved by `callback_state` back, after Keras resets them in `on_train_begin`."""
     original = callback.on_train_begin
 
     def on_train_begin(logs=None):

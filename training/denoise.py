@@ -17,8 +17,7 @@ import tensorflow as tf
 import tifffile
 
 from training.callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT, PeriodicCheckpoint
-from training.cli import config_from_args, config_parser, resume_flags, run_main
-from training.config import DenoiseConfig, read_config_file
+from training.config import DenoiseConfig
 from training.device import make_strategy, set_precision
 from training.errors import UserInputError
 from training.images import list_images, read_image_slices, write_tiff_atomic
@@ -28,10 +27,10 @@ from training.runs import (
     CONFIG_FILE,
     METRICS_FILE,
     fit,
-    load_run_config,
     new_run_dir,
     read_json,
     removed_unless_resumable,
+    training_main,
     write_json,
 )
 from training.tiling import predict_tta, tiled_predict
@@ -224,9 +223,7 @@ def run(config: DenoiseConfig, *, resume_dir: Path | None = None) -> Path:
             data = Path(record["data"])
             clean = Path(record["clean"]) if record["clean"] else None
         elif config.data is None:
-            print(
-                f"no --data given: scikit-image's `cell` image with Gaussian noise, sigma {config.noise_sigma}"
-            )
+            print(f"no --data given: scikit-image's `cell` image, Gaussian noise sigma {config.noise_sigma}")
             data, clean = embedded_demo(Path(scratch), sigma=config.noise_sigma, seed=config.seed)
         else:
             data, clean = Path(config.data), Path(config.clean) if config.clean else None
@@ -269,7 +266,7 @@ def _train_and_denoise(
     print(f"run folder: {run_dir}")
     print(
         f"{len(images)} image(s), {channels} channel(s); model {config.model}, masking "
-        f"{config.resolved_replacement}{f', structN2V axis {config.struct_axis}' if config.struct_axis is not None else ''}; "
+        f"{config.resolved_replacement}; structN2V axis {config.struct_axis}; "
         f"precision {precision}; {strategy.num_replicas_in_sync} replica(s)"
     )
     with strategy.scope():
@@ -352,20 +349,7 @@ def _train_and_denoise(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m training.denoise`; returns the exit status."""
-    parser = config_parser(DenoiseConfig, prog="python -m training.denoise", description=__doc__)
-    args = parser.parse_args(argv)
-
-    def body():
-        if args.resume is not None:
-            overrides = (read_config_file(args.config) if args.config else {}) | resume_flags(
-                DenoiseConfig, args
-            )
-            run(load_run_config(args.resume, DenoiseConfig, overrides), resume_dir=args.resume)
-        else:
-            config, _ = config_from_args(DenoiseConfig, args)
-            run(config)
-
-    return run_main(body)
+    return training_main(DenoiseConfig, run, argv, prog="python -m training.denoise", description=__doc__)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from training.callbacks import (
     restore_callback_state,
     write_atomic,
 )
-from training.config import TrainingConfig, build_config
+from training.cli import config_from_args, config_parser, resume_flags, run_main
+from training.config import TrainingConfig, build_config, read_config_file
 from training.errors import UserInputError
 
 CONFIG_FILE = "config.json"
@@ -96,6 +97,24 @@ def load_run_config(run_dir: Path, cls: type[TrainingConfig], overrides: dict) -
         )
     values = read_json(run_dir / CONFIG_FILE) | overrides
     return build_config(cls, values, source=str(run_dir / CONFIG_FILE))
+
+
+def training_main(
+    cls: type[TrainingConfig], run, argv: list[str] | None, *, prog: str, description: str
+) -> int:
+    """The entry point shared by the tasks: parse options, then start a run or resume one with `run`."""
+    parser = config_parser(cls, prog=prog, description=description)
+    args = parser.parse_args(argv)
+
+    def body():
+        if args.resume is not None:
+            overrides = (read_config_file(args.config) if args.config else {}) | resume_flags(cls, args)
+            run(load_run_config(args.resume, cls, overrides), resume_dir=args.resume)
+        else:
+            config, _ = config_from_args(cls, args)
+            run(config)
+
+    return run_main(body)
 
 
 def fit(

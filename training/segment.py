@@ -15,8 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from training.callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT
-from training.cli import config_from_args, config_parser, resume_flags, run_main
-from training.config import SegmentConfig, read_config_file
+from training.config import SegmentConfig
 from training.data import SPLITS, PairSplit, Sample, find_pairs, load_samples
 from training.device import make_strategy, set_precision
 from training.errors import UserInputError
@@ -28,10 +27,10 @@ from training.runs import (
     CONFIG_FILE,
     METRICS_FILE,
     fit,
-    load_run_config,
     new_run_dir,
     read_json,
     removed_unless_resumable,
+    training_main,
     write_json,
 )
 from training.synthetic import write_synthetic_dataset
@@ -209,21 +208,7 @@ def _train(config: SegmentConfig, samples: dict[str, list[Sample]], run_dir: Pat
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m training.segment`; returns the exit status."""
-    parser = config_parser(SegmentConfig, prog="python -m training.segment", description=__doc__)
-    args = parser.parse_args(argv)
-
-    def body():
-        if args.resume is not None:
-            overrides = (read_config_file(args.config) if args.config else {}) | resume_flags(
-                SegmentConfig, args
-            )
-            config = load_run_config(args.resume, SegmentConfig, overrides)
-            run(config, resume_dir=args.resume)
-        else:
-            config, _ = config_from_args(SegmentConfig, args)
-            run(config)
-
-    return run_main(body)
+    return training_main(SegmentConfig, run, argv, prog="python -m training.segment", description=__doc__)
 
 
 if __name__ == "__main__":
