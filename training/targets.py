@@ -1,4 +1,4 @@
-"""From instance masks to the three training classes, and from predicted class probabilities back to instances.
+"""From instance masks to the three training classes, and from class probabilities back to instances.
 
 Classes: 0 background, 1 cell interior, 2 cell boundary. The boundary class is what separates touching
 objects: the network learns to draw a line between them, and the interiors it leaves apart are the seeds
