@@ -47,7 +47,7 @@ def test_constant_image_is_refused_without_a_run_folder(tmp_path, capsys):
     tifffile.imwrite(image, np.full((64, 64), 7, np.uint16))
     out = tmp_path / "runs"
     assert main(["--data", str(image), "--out-dir", str(out), *TINY]) == 2
-    assert "flat: image is constant" in capsys.readouterr().err
+    assert f"{image}: image is constant" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
 
 

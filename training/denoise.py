@@ -50,6 +50,7 @@ class NoisyImage:
     name: str
     noisy: np.ndarray
     clean: np.ndarray | None = None
+    where: str = ""  # the file (and slice) it came from, for messages
 
 
 def _files(path: Path) -> list[Path]:
@@ -84,8 +85,12 @@ def load_noisy_images(data: Path, clean: Path | None, *, channel_axis: int | Non
             problems.append(str(error))
             continue
         for index, (noisy, reference) in enumerate(zip(slices, references, strict=True)):
-            name = path.stem if len(slices) == 1 else f"{path.stem}_z{index:04d}"
-            images.append(NoisyImage(name, noisy, reference))
+            if len(slices) == 1:
+                images.append(NoisyImage(path.stem, noisy, reference, str(path)))
+            else:
+                images.append(
+                    NoisyImage(f"{path.stem}_z{index:04d}", noisy, reference, f"{path} (slice {index})")
+                )
     if problems:
         raise UserInputError("\n".join(problems))
     channels = {image.noisy.shape[-1] for image in images}
@@ -132,7 +137,7 @@ def split_images(
         rows = max(round(val_fraction * image.noisy.shape[0]), patch_size // 2)
         if image.noisy.shape[0] - rows < patch_size // 2:
             raise UserInputError(
-                f"{image.name}: {image.noisy.shape[0]} rows are too few to hold out "
+                f"{image.where or image.name}: {image.noisy.shape[0]} rows are too few to hold out "
                 f"{rows} validation rows and train on patches of {patch_size}"
             )
         train.append(image.noisy[:-rows])
@@ -147,11 +152,11 @@ def _check_sizes(images: list[NoisyImage], patch_size: int) -> None:
         # Mirror padding can stretch an image to the patch size, but not from less than half of it.
         if min(height, width) < patch_size // 2:
             problems.append(
-                f"{image.name}: image of {height}x{width} pixels is too small for patches of "
+                f"{image.where or image.name}: image of {height}x{width} pixels is too small for patches of "
                 f"{patch_size} (needs at least {patch_size // 2} per side; lower --patch-size)"
             )
         if np.all(image.noisy == image.noisy.reshape(-1, image.noisy.shape[-1])[0]):
-            problems.append(f"{image.name}: image is constant; there is nothing to denoise")
+            problems.append(f"{image.where or image.name}: image is constant; there is nothing to denoise")
     if problems:
         raise UserInputError("\n".join(problems))
 

@@ -101,6 +101,19 @@ def _output_names(path: Path, task: str) -> list[str]:
     return [f"{path.stem}_probabilities.tif", f"{path.stem}_labels.tif"]
 
 
+def _refuse_shared_output_names(files: list[Path], task: str) -> None:
+    """Two inputs with one stem (`a.tif`, `a.png`) would write the same outputs; refuse before writing."""
+    owners: dict[str, Path] = {}
+    clashes = []
+    for path in files:
+        name = _output_names(path, task)[0]
+        if name in owners and owners[name] != path:
+            clashes.append(f"{path}: would write {name} like {owners[name]}; rename one of them")
+        owners.setdefault(name, path)
+    if clashes:
+        raise UserInputError("\n".join(clashes))
+
+
 def predict_files(
     run_dir: Path,
     inputs: list[Path],
@@ -116,11 +129,14 @@ def predict_files(
     updates = {key: value for key, value in (("tile_size", tile_size), ("tta", tta)) if value is not None}
     if "tta" in updates and config.task != "denoise":
         raise UserInputError("--tta applies to denoising runs only")
-    config = config.model_copy(update=updates)
+    # Validated like the run's own options (a tile size out of range is refused, not silently raised).
+    config = build_config(type(config), config.model_dump() | updates, source="command line")
     stats = read_json(run_dir / NORMALIZATION_FILE) if config.task == "denoise" else None
+    files = _inputs(inputs)
+    _refuse_shared_output_names(files, config.task)
     out_dir.mkdir(parents=True, exist_ok=True)
     problems = []
-    for path in _inputs(inputs):
+    for path in files:
         existing = [out_dir / name for name in _output_names(path, config.task) if (out_dir / name).exists()]
         if existing and not overwrite:
             problems.append(f"{existing[0]}: exists already (use --overwrite to replace it)")

@@ -22,6 +22,7 @@ from training.callbacks import (
     LAST_CHECKPOINT,
     STATE_FILE,
     RunKeeper,
+    StepTimer,
     epoch_schedule,
     monitor_mode,
     read_history,
@@ -168,6 +169,7 @@ def fit(
         previous={k: v for k, v in state.items() if k != "previous"} or None,
     )
     callbacks += [
+        StepTimer(),
         *stateful.values(),
         *extra_callbacks,
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")),

@@ -1,0 +1,165 @@
+"""Equal-budget comparison with the reference Noise2Void implementation, juglab's `n2v` 0.3.3.
+
+    python bench/n2v_compare.py [--image cell] [--steps 500] [--ref-venv DIR]
+
+Both train the same network size (U-Net depth 2, 32 first-level filters, batch norm) on the same noisy
+image (a clean CC0 image from `../shared/data/denoise_clean_cc0`, or scikit-image's copy of it, plus
+Gaussian noise of sigma 25 on the 0-255 scale, seeded), with patches of 64x64, batches of 64 and the
+same number of steps, one after the other on this machine. Each keeps its own defaults otherwise
+(masking, schedule, checkpoint choice). The reference runs in its own virtual environment (TensorFlow
+2.15, Keras 2), which this script creates with pip when `--ref-venv` does not hold one yet.
+
+Prints the median training-step time of each (from one step's end to the next, input waits included),
+their ratio, and the PSNR/SSIM of each denoised image; writes the same as JSON under `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_PACKAGES = ["tensorflow==2.15.*", "n2v==0.3.3", "scikit-image<0.25"]
+
+
+def clean_image(name: str, folder: Path) -> np.ndarray:
+    """A clean grayscale image by name: from `folder` where it is, else from scikit-image's data."""
+    path = folder / f"{name}.png"
+    if path.is_file():
+        import imageio.v3 as iio
+
+        return iio.imread(path).astype(np.float32)
+    from skimage import data as skimage_data
+
+    return getattr(skimage_data, name)().astype(np.float32)
+
+
+def reference_python(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    if not python.is_file():
+        print(f"creating the reference environment in {venv} ({' '.join(REFERENCE_PACKAGES)})", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *REFERENCE_PACKAGES], check=True)
+    return python
+
+
+def run_ours(noisy: Path, clean: Path, out: Path, budget: dict[str, int], extra: list[str]) -> dict:
+    command = [
+        sys.executable, "-m", "training.denoise",
+        "--data", str(noisy), "--clean", str(clean), "--out-dir", str(out), "--run-name", "ours",
+        "--depth", str(budget["depth"]), "--base-filters", str(budget["base_filters"]),
+        "--patch-size", str(budget["patch_size"]), "--batch-size", str(budget["batch_size"]),
+        "--epochs", str(budget["epochs"]), "--steps-per-epoch", str(budget["steps_per_epoch"]),
+        *extra,
+    ]  # fmt: skip
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+    run_dir = out / "ours"
+    with (run_dir / "history.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    metrics = json.loads((run_dir / "metrics.json").read_text())["images"][0]
+    import keras
+
+    return {
+        "implementation": f"this project (Keras {keras.__version__})",
+        "step_ms_median": float(np.median([float(row["step_ms"]) for row in rows])),
+        "steps": budget["epochs"] * budget["steps_per_epoch"],
+        "train_seconds": float(sum(float(row["epoch_seconds"]) for row in rows)),
+        "noisy": metrics["noisy"],
+        "denoised": metrics["denoised"],
+        "arguments": extra,
+    }
+
+
+def run_reference(python: Path, noisy: Path, clean: Path, out: Path, budget: dict[str, int]) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(python), str(ROOT / "bench" / "n2v_reference_worker.py"),
+        "--noisy", str(noisy), "--clean", str(clean), "--out", str(out),
+        *(arg for key, value in budget.items() for arg in (f"--{key.replace('_', '-')}", str(value))),
+    ]  # fmt: skip
+    print("$", " ".join(command), flush=True)
+    # Its own environment only: none of this project's (KERAS_BACKEND and the like) leaks in.
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("KERAS", "PYTHON"))}
+    subprocess.run(command, check=True, env=env)
+    return json.loads((out / "result.json").read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--image", default="cell", help="clean image name (default: cell)")
+    parser.add_argument("--clean-dir", type=Path, default=ROOT.parent / "shared/data/denoise_clean_cc0")
+    parser.add_argument("--sigma", type=float, default=25.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=500, help="training steps of each (default: 500)")
+    parser.add_argument("--steps-per-epoch", type=int, default=50)
+    parser.add_argument("--ref-venv", type=Path, default=ROOT / "bench/results/n2v-0.3.3-venv")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
+    parser.add_argument(
+        "--ours-arg", action="append", default=[], help="extra option for our run, e.g. --ours-arg=--tta"
+    )
+    args = parser.parse_args()
+    if args.steps % args.steps_per_epoch:
+        parser.error(f"--steps {args.steps} is not a multiple of --steps-per-epoch {args.steps_per_epoch}")
+    budget = {
+        "epochs": args.steps // args.steps_per_epoch,
+        "steps_per_epoch": args.steps_per_epoch,
+        "batch_size": 64,
+        "patch_size": 64,
+        "depth": 2,
+        "base_filters": 32,
+    }
+    python = reference_python(args.ref_venv)
+    out = args.out / f"n2v-compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    (out / "data").mkdir(parents=True)
+    clean = clean_image(args.image, args.clean_dir)
+    noise = np.random.default_rng(args.seed).normal(0.0, args.sigma, clean.shape).astype(np.float32)
+    tifffile.imwrite(out / "data" / "noisy.tif", clean + noise)
+    tifffile.imwrite(out / "data" / "clean.tif", clean)
+    noisy_path, clean_path = out / "data" / "noisy.tif", out / "data" / "clean.tif"
+
+    reference = run_reference(python, noisy_path, clean_path, out / "reference", budget)
+    ours = run_ours(noisy_path, clean_path, out, budget, args.ours_arg)
+    summary = {
+        "benchmark": "n2v_compare",
+        "command": " ".join(["python", "bench/n2v_compare.py", *sys.argv[1:]]),
+        "image": args.image,
+        "sigma": args.sigma,
+        "budget": budget,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "ours": ours,
+        "reference": reference,
+        "step_speedup": reference["step_ms_median"] / ours["step_ms_median"],
+        "psnr_difference_db": ours["denoised"]["psnr"] - reference["denoised"]["psnr"],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\n{'':28}{'step (ms)':>10}{'train (s)':>11}{'PSNR (dB)':>11}{'SSIM':>8}")
+    print(f"{'noisy input':28}{'':>10}{'':>11}{ours['noisy']['psnr']:>11.2f}{ours['noisy']['ssim']:>8.3f}")
+    for name in ("ours", "reference"):
+        r = summary[name]
+        print(
+            f"{r['implementation'][:27]:28}{r['step_ms_median']:>10.0f}{r['train_seconds']:>11.0f}"
+            f"{r['denoised']['psnr']:>11.2f}{r['denoised']['ssim']:>8.3f}"
+        )
+    print(
+        f"\nstep speed-up (reference / ours): {summary['step_speedup']:.2f}x; "
+        f"PSNR ours - reference: {summary['psnr_difference_db']:+.2f} dB\n{out / 'summary.json'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
