@@ -56,7 +56,7 @@ def reference_python(venv: Path) -> Path:
 def run_ours(noisy: Path, clean: Path, out: Path, budget: dict[str, int], extra: list[str]) -> dict:
     command = [
         sys.executable, "-m", "training.denoise",
-        "--data", str(noisy), "--clean", str(clean), "--out-dir", str(out), "--run-name", "ours",
+        "--data", str(noisy), "--clean", str(clean), "--out-dir", str(out.parent), "--run-name", out.name,
         "--depth", str(budget["depth"]), "--base-filters", str(budget["base_filters"]),
         "--patch-size", str(budget["patch_size"]), "--batch-size", str(budget["batch_size"]),
         "--epochs", str(budget["epochs"]), "--steps-per-epoch", str(budget["steps_per_epoch"]),
@@ -64,7 +64,7 @@ def run_ours(noisy: Path, clean: Path, out: Path, budget: dict[str, int], extra:
     ]  # fmt: skip
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
-    run_dir = out / "ours"
+    run_dir = out
     with (run_dir / "history.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     metrics = json.loads((run_dir / "metrics.json").read_text())["images"][0]
@@ -108,7 +108,11 @@ def main() -> int:
     parser.add_argument("--ref-venv", type=Path, default=ROOT / "bench/results/n2v-0.3.3-venv")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
     parser.add_argument(
-        "--ours-arg", action="append", default=[], help="extra option for our run, e.g. --ours-arg=--tta"
+        "--ours",
+        action="append",
+        default=None,
+        help="options of one run of ours (repeatable; default: one run in float32 and one with "
+        "--precision mixed_bfloat16, which CPUs with AVX512-BF16 or AMX run natively)",
     )
     args = parser.parse_args()
     if args.steps % args.steps_per_epoch:
@@ -130,8 +134,15 @@ def main() -> int:
     tifffile.imwrite(out / "data" / "clean.tif", clean)
     noisy_path, clean_path = out / "data" / "noisy.tif", out / "data" / "clean.tif"
 
+    variants = [v.split() for v in args.ours] if args.ours else [[], ["--precision", "mixed_bfloat16"]]
+    ours = [
+        run_ours(noisy_path, clean_path, out / f"ours-{i}", budget, variant)
+        for i, variant in enumerate(variants)
+    ]
     reference = run_reference(python, noisy_path, clean_path, out / "reference", budget)
-    ours = run_ours(noisy_path, clean_path, out, budget, args.ours_arg)
+    for run in ours:
+        run["step_speedup"] = reference["step_ms_median"] / run["step_ms_median"]
+        run["psnr_difference_db"] = run["denoised"]["psnr"] - reference["denoised"]["psnr"]
     summary = {
         "benchmark": "n2v_compare",
         "command": " ".join(["python", "bench/n2v_compare.py", *sys.argv[1:]]),
@@ -142,22 +153,18 @@ def main() -> int:
         "machine": platform.processor() or platform.machine(),
         "ours": ours,
         "reference": reference,
-        "step_speedup": reference["step_ms_median"] / ours["step_ms_median"],
-        "psnr_difference_db": ours["denoised"]["psnr"] - reference["denoised"]["psnr"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\n{'':28}{'step (ms)':>10}{'train (s)':>11}{'PSNR (dB)':>11}{'SSIM':>8}")
-    print(f"{'noisy input':28}{'':>10}{'':>11}{ours['noisy']['psnr']:>11.2f}{ours['noisy']['ssim']:>8.3f}")
-    for name in ("ours", "reference"):
-        r = summary[name]
+    print(f"\n{'':36}{'step (ms)':>10}{'speed-up':>9}{'train (s)':>10}{'PSNR (dB)':>10}{'SSIM':>7}")
+    noisy = reference["noisy"]
+    print(f"{'noisy input':36}{'':>29}{noisy['psnr']:>10.2f}{noisy['ssim']:>7.3f}")
+    for run in [*ours, reference]:
+        label = run["implementation"] + (f" {' '.join(run['arguments'])}" if run.get("arguments") else "")
         print(
-            f"{r['implementation'][:27]:28}{r['step_ms_median']:>10.0f}{r['train_seconds']:>11.0f}"
-            f"{r['denoised']['psnr']:>11.2f}{r['denoised']['ssim']:>8.3f}"
+            f"{label[:35]:36}{run['step_ms_median']:>10.0f}{run.get('step_speedup', 1.0):>8.2f}x"
+            f"{run['train_seconds']:>10.0f}{run['denoised']['psnr']:>10.2f}{run['denoised']['ssim']:>7.3f}"
         )
-    print(
-        f"\nstep speed-up (reference / ours): {summary['step_speedup']:.2f}x; "
-        f"PSNR ours - reference: {summary['psnr_difference_db']:+.2f} dB\n{out / 'summary.json'}"
-    )
+    print(out / "summary.json")
     return 0
 
 

@@ -21,8 +21,9 @@ def build_n2v(
     batch_norm: bool = True,
     name: str = "n2v",
 ) -> keras.Model:
-    """The N2V network of the original paper's configuration: U-Net, depth 2, 32 base filters, batch
-    norm, max pooling, residual connection from input to a linear output."""
+    """The N2V network of the original paper's configuration: the CSBDeep U-Net (depth 2, 32 base
+    filters, batch norm, max pooling, nearest-neighbour up-sampling, tapered decoder) with a residual
+    connection from input to a linear output."""
     return build_unet(
         input_channels=input_channels,
         num_classes=input_channels,
@@ -30,6 +31,8 @@ def build_n2v(
         base_filters=base_filters,
         kernel_size=kernel_size,
         batch_norm=batch_norm,
+        upsampling="repeat",
+        taper=True,
         residual=True,
         final_activation=None,
         name=name,
@@ -55,6 +58,8 @@ def build_n2v2(
         kernel_size=kernel_size,
         batch_norm=batch_norm,
         downsampling="blur",
+        upsampling="repeat",
+        taper=True,
         top_skip=False,
         residual=True,
         final_activation=None,

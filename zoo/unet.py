@@ -12,17 +12,27 @@ from typing import Literal
 import keras
 from keras import layers
 
-from zoo.layers import MaxBlurPool2D
+from zoo.layers import FusedBatchNormalization, MaxBlurPool2D
 
-Upsampling = Literal["transpose", "nearest"]
+Upsampling = Literal["transpose", "nearest", "repeat"]
 Downsampling = Literal["max", "blur"]
 
 
-def _conv_block(x, *, filters: int, kernel_size: int, batch_norm: bool, dropout: float, prefix: str):
-    """Two `same` convolutions, each followed by optional batch norm and a ReLU."""
+def _conv_block(
+    x,
+    *,
+    filters: int,
+    kernel_size: int,
+    batch_norm: bool,
+    dropout: float,
+    prefix: str,
+    last_filters: int | None = None,
+):
+    """Two `same` convolutions (the second with `last_filters`, if given), each followed by optional
+    batch norm and a ReLU."""
     for i in (1, 2):
         x = layers.Conv2D(
-            filters,
+            last_filters if i == 2 and last_filters else filters,
             kernel_size,
             padding="same",
             use_bias=not batch_norm,  # a bias before batch norm is cancelled by its mean subtraction
@@ -30,7 +40,7 @@ def _conv_block(x, *, filters: int, kernel_size: int, batch_norm: bool, dropout:
             name=f"{prefix}_conv{i}",
         )(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"{prefix}_bn{i}")(x)
+            x = FusedBatchNormalization(name=f"{prefix}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name=f"{prefix}_dropout")(x)
@@ -50,6 +60,7 @@ def build_unet(
     downsampling: Downsampling = "max",
     top_skip: bool = True,
     residual: bool = False,
+    taper: bool = False,
     final_activation: str | None = "softmax",
     name: str = "unet",
 ) -> keras.Model:
@@ -65,13 +76,17 @@ def build_unet(
         kernel_size: side of the square convolution kernels.
         batch_norm: batch normalisation after every convolution.
         dropout: dropout rate after each convolution block (0 disables it).
-        upsampling: ``"transpose"`` (learned 2x2 transposed convolution) or ``"nearest"`` (nearest-neighbour
-            up-sampling followed by a 2x2 convolution, free of checkerboard artefacts).
+        upsampling: ``"transpose"`` (learned 2x2 transposed convolution), ``"nearest"`` (nearest-neighbour
+            up-sampling followed by a 2x2 convolution, free of checkerboard artefacts) or ``"repeat"``
+            (nearest-neighbour up-sampling alone, as in the CSBDeep U-Net of N2V and CARE).
         downsampling: ``"max"`` (2x2 max pooling) or ``"blur"`` (max-blur-pooling, as in N2V2).
         top_skip: keep the skip connection of the first (full-resolution) level; N2V2 drops it so the
             output cannot copy high-frequency input noise straight across.
         residual: add the input to the output (restoration: the network learns the correction);
             needs ``num_classes == input_channels`` and no final activation.
+        taper: a lighter decoder, as in the CSBDeep U-Net of N2V and CARE: the bottleneck's second
+            convolution and the decoder blocks give half the filters of their level (at least
+            ``base_filters``).
         final_activation: activation of the output layer (``"softmax"``, ``"sigmoid"``, ``None`` for linear).
             It runs in float32 even under a mixed-precision policy, so outputs are full precision.
         name: model name.
@@ -117,15 +132,17 @@ def build_unet(
         batch_norm=batch_norm,
         dropout=dropout,
         prefix="bottleneck",
+        last_filters=base_filters * 2 ** max(depth - 1, 0) if taper else None,
     )
 
     for level in reversed(range(depth)):
-        filters = base_filters * 2**level
+        filters = base_filters * 2 ** (max(level - 1, 0) if taper else level)
         if upsampling == "transpose":
             x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
         else:
             x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
-            x = layers.Conv2D(filters, 2, padding="same", name=f"dec{level}_upconv")(x)
+            if upsampling == "nearest":
+                x = layers.Conv2D(filters, 2, padding="same", name=f"dec{level}_upconv")(x)
         if level > 0 or top_skip:
             x = layers.Concatenate(name=f"dec{level}_concat")([skips[level], x])
         x = _conv_block(
@@ -162,7 +179,9 @@ def _check_unet_arguments(**kwargs) -> None:
         )
     if not 0.0 <= kwargs["dropout"] < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {kwargs['dropout']}")
-    if kwargs["upsampling"] not in ("transpose", "nearest"):
-        raise ValueError(f"upsampling must be 'transpose' or 'nearest', got {kwargs['upsampling']!r}")
+    if kwargs["upsampling"] not in ("transpose", "nearest", "repeat"):
+        raise ValueError(
+            f"upsampling must be 'transpose', 'nearest' or 'repeat', got {kwargs['upsampling']!r}"
+        )
     if kwargs["downsampling"] not in ("max", "blur"):
         raise ValueError(f"downsampling must be 'max' or 'blur', got {kwargs['downsampling']!r}")
