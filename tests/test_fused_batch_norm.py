@@ -1,4 +1,4 @@
-"""`zoo.layers.FusedBatchNormalization`: the same numbers as Keras's `BatchNormalization`, by a faster path."""
+"""`zoo.layers.FusedBatchNormalization`: the numbers of Keras's `BatchNormalization`, by a faster path."""
 
 import keras
 import numpy as np

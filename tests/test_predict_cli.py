@@ -244,6 +244,8 @@ def test_labels_follow_the_thresholds_of_the_run_config(
         "min_object_size": 0,
     }
     (run / "config.json").write_text(json.dumps(config))
+    # Without the thresholds the run chose on its validation images, the configured ones apply.
+    (run / "postprocessing.json").unlink()
 
     assert main([str(run), str(image), "--out", str(tmp_path / "second")]) == 0
 

@@ -120,7 +120,9 @@ class SegmentConfig(TrainingConfig):
     kernel_size: int = Field(3, ge=1, le=11, description="Convolution kernel size (odd).")
     batch_norm: bool = Field(True, description="Batch normalisation after each convolution.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after each convolution block.")
-    upsampling: Literal["transpose", "nearest"] = Field("transpose", description="Decoder up-sampling.")
+    upsampling: Literal["transpose", "nearest", "repeat"] = Field(
+        "transpose", description="Decoder up-sampling."
+    )
 
     boundary_width: int = Field(2, ge=1, le=20, description="Width of the boundary class, in pixels.")
     class_weights: list[float] = Field(
@@ -137,6 +139,12 @@ class SegmentConfig(TrainingConfig):
         0.5, gt=0, lt=1, description="1 - background probability above which a pixel belongs to some object."
     )
     min_object_size: int = Field(15, ge=0, description="Objects smaller than this (pixels) are removed.")
+    tune_thresholds: bool = Field(
+        True,
+        description="After training, choose the interior and foreground thresholds and the minimum "
+        "object size that give the best F1 at IoU 0.5 on the validation images (never the test images); "
+        "the choice is kept in postprocessing.json and used for evaluation and prediction.",
+    )
     tile_size: int = Field(512, ge=32, le=8192, description="Tile side for prediction of large images.")
 
     @model_validator(mode="after")

@@ -22,7 +22,7 @@ from training.cli import run_main
 from training.config import DenoiseConfig, SegmentConfig, build_config
 from training.denoise import NORMALIZATION_FILE, denoise_image
 from training.errors import UserInputError
-from training.evaluate import predict_segmentation
+from training.evaluate import POSTPROCESSING_KEYS, predict_segmentation
 from training.images import (
     IMAGE_SUFFIXES,
     list_images,
@@ -32,6 +32,7 @@ from training.images import (
     write_tiff_atomic,
 )
 from training.runs import CONFIG_FILE, read_json
+from training.segment import POSTPROCESSING_FILE
 from zoo import model_geometry
 
 
@@ -57,6 +58,10 @@ def load_run(run_dir: Path, checkpoint: str | None) -> tuple[SegmentConfig | Den
     values = read_json(run_dir / CONFIG_FILE)
     cls = DenoiseConfig if values.get("task") == "denoise" else SegmentConfig
     config = build_config(cls, values, source=str(run_dir / CONFIG_FILE))
+    if config.task == "segment" and (run_dir / POSTPROCESSING_FILE).is_file():
+        # The thresholds the run chose on its validation images replace the configured ones.
+        tuned = read_json(run_dir / POSTPROCESSING_FILE)
+        config = config.model_copy(update={key: tuned[key] for key in POSTPROCESSING_KEYS})
     if checkpoint is None:
         checkpoint = "last" if config.task == "denoise" else "best"
     path = run_dir / (BEST_CHECKPOINT if checkpoint == "best" else LAST_CHECKPOINT)

@@ -19,7 +19,7 @@ from training.config import SegmentConfig
 from training.data import SPLITS, PairSplit, Sample, find_pairs, load_samples
 from training.device import make_strategy, set_precision
 from training.errors import UserInputError
-from training.evaluate import evaluate_segmentation
+from training.evaluate import POSTPROCESSING_KEYS, evaluate_segmentation, tune_postprocessing
 from training.losses import WeightedSparseCategoricalCrossentropy
 from training.metrics import format_metrics_table
 from training.pipeline import grid_patches, training_dataset
@@ -35,9 +35,11 @@ from training.runs import (
 )
 from training.synthetic import write_synthetic_dataset
 from training.targets import CLASS_NAMES
+from training.tiling import tiled_predict
 from zoo import build_model, model_geometry
 
 SPLIT_FILE = "split.json"
+POSTPROCESSING_FILE = "postprocessing.json"
 
 
 def _load_split(split: PairSplit, config: SegmentConfig) -> dict[str, list[Sample]]:
@@ -180,9 +182,27 @@ def _train(config: SegmentConfig, samples: dict[str, list[Sample]], run_dir: Pat
     )
     best = keras.models.load_model(checkpoint, compile=False)
     geometry = model_geometry(best)
+    if config.tune_thresholds and samples["val"]:
+        probabilities = [
+            tiled_predict(best, s.image, step=geometry.step, halo=geometry.halo, tile_size=config.tile_size)
+            for s in samples["val"]
+        ]
+        labels = [s.labels for s in samples["val"]]
+        tuned = tune_postprocessing(probabilities, labels, config=config)
+        tuned["chosen_on"] = [s.name for s in samples["val"]]
+        write_json(run_dir / POSTPROCESSING_FILE, tuned)
+        config = config.model_copy(update={key: tuned[key] for key in POSTPROCESSING_KEYS})
+        print(
+            f"\npost-processing chosen on the {len(samples['val'])} validation images: interior > "
+            f"{config.interior_threshold}, foreground > {config.foreground_threshold}, objects of at "
+            f"least {config.min_object_size} px (F1@0.5 {tuned['f1_at_0.5']:.3f} there)"
+        )
+        if evaluated_on == "val":
+            print("note: no test images, so the scores below are on the images the thresholds were tuned on")
     metrics = {
         "evaluated_on": evaluated_on,
         "checkpoint": checkpoint.name,
+        "postprocessing": {key: getattr(config, key) for key in POSTPROCESSING_KEYS},
         **evaluate_segmentation(best, samples[evaluated_on], geometry=geometry, config=config),
     }
     metrics["geometry"] = {
@@ -201,6 +221,7 @@ def _train(config: SegmentConfig, samples: dict[str, list[Sample]], run_dir: Pat
         "history.csv",
         "curves.png",
         "tensorboard",
+        POSTPROCESSING_FILE,
         "metrics.json",
     ):
         print(f"  {run_dir / name}")
