@@ -84,6 +84,7 @@ def main() -> None:
     model.train(x_train, x_val)
     train_seconds = time.perf_counter() - start
     denoised = model.predict(noisy, axes="YX")
+    denoised_tta = model.predict(noisy, axes="YX", tta=True)
 
     data_range = float(clean.max() - clean.min())
 
@@ -100,6 +101,7 @@ def main() -> None:
         "train_seconds": train_seconds,
         "noisy": quality(noisy),
         "denoised": quality(denoised.astype(np.float32)),
+        "denoised_tta": quality(denoised_tta.astype(np.float32)),
     }
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -1,7 +1,8 @@
 """Tests for the Noise2Void denoisers of zoo.n2v ("n2v" and "n2v2") and the MaxBlurPool2D layer of N2V2.
 
 The checks are behavioural where possible: weights are zeroed or scaled and the output is compared with
-what the architecture promises (a residual, linear image-to-image network; N2V2 without the top-level skip).
+what the architecture promises (a linear image-to-image network, residual on request; N2V2 without the
+top-level skip).
 """
 
 from __future__ import annotations
@@ -62,8 +63,16 @@ def test_output_has_the_shape_and_channels_of_the_input(name, channels, tiny_mod
 
 
 @pytest.mark.parametrize("name", DENOISERS)
-def test_model_whose_last_convolution_is_zeroed_returns_its_input_exactly(name, tiny_model):
+def test_by_default_there_is_no_residual_path(name, tiny_model):
     model = tiny_model(name, input_channels=2)
+    assert not layers_of(model, keras.layers.Add)
+    zero_weights(model.get_layer("head_conv"))
+    np.testing.assert_array_equal(predict(model, random_images((2, 16, 16, 2))), 0.0)
+
+
+@pytest.mark.parametrize("name", DENOISERS)
+def test_residual_model_whose_last_convolution_is_zeroed_returns_its_input_exactly(name, tiny_model):
+    model = tiny_model(name, input_channels=2, residual=True)
     images = random_images((2, 16, 16, 2))
     assert not np.allclose(predict(model, images), images)  # the control: the network adds something
     zero_weights(model.get_layer("head_conv"))
@@ -73,7 +82,7 @@ def test_model_whose_last_convolution_is_zeroed_returns_its_input_exactly(name, 
 @pytest.mark.parametrize("name", DENOISERS)
 def test_output_is_linear_in_the_last_convolution_and_unbounded(name, tiny_model):
     # A final activation (ReLU, sigmoid, ...) after the residual addition would break the proportionality.
-    model = tiny_model(name)
+    model = tiny_model(name, residual=True)
     images = random_images((2, 16, 16, 1))
     correction = predict(model, images) - images
     head = model.get_layer("head_conv")
@@ -102,6 +111,12 @@ def test_defaults_are_the_configuration_of_the_paper(name):
     downsampling = MaxBlurPool2D if name == "n2v2" else keras.layers.MaxPooling2D
     assert len(layers_of(model, downsampling)) == 2  # depth 2
     assert tuple(model.inputs[0].shape) == (None, None, None, 1)
+    # The CSBDeep U-Net of the reference implementation: plain nearest-neighbour up-sampling and a
+    # tapered decoder (bottleneck 128 -> 64, both decoder levels 32).
+    assert not layers_of(model, keras.layers.Conv2DTranspose)
+    filters = {layer.name: layer.filters for layer in layers_of(model, keras.layers.Conv2D)}
+    assert (filters["bottleneck_conv1"], filters["bottleneck_conv2"]) == (128, 64)
+    assert [filters[f"dec{level}_conv{i}"] for level in (1, 0) for i in (1, 2)] == [32, 32, 32, 32]
 
 
 @pytest.mark.parametrize("name", DENOISERS)
@@ -142,7 +157,7 @@ def test_with_the_up_sampling_path_cut_only_a_top_skip_carries_the_image(name, r
     # Zero the last convolution below the top level (the up-sampling path then carries a constant):
     # what the top decoder level still sees of the image can only come from a full-resolution skip.
     # Without one, output - input is the same for every input.
-    model = tiny_model(name)
+    model = tiny_model(name, residual=True)
     zero_weights(model.get_layer("dec1_conv2"))
     first, second = random_images((1, 16, 16, 1), seed=1), random_images((1, 16, 16, 1), seed=2)
     difference = np.abs((predict(model, first) - first) - (predict(model, second) - second)).max()

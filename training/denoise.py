@@ -186,6 +186,7 @@ def _build_model(config: DenoiseConfig, channels: int) -> keras.Model:
         base_filters=config.base_filters,
         kernel_size=config.kernel_size,
         batch_norm=config.batch_norm,
+        residual=config.residual,
     )
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=MaskedLoss(config.loss))
     return model

@@ -83,7 +83,5 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), "float32")
         variance = variance * tf.maximum(count - 1.0, 1.0) / count
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(
-            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
-        )
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
         return tf.cast(outputs, self.compute_dtype)
