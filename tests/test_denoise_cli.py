@@ -63,3 +63,21 @@ def test_nan_image_and_bad_fraction_are_refused(tmp_path, capsys):
         == 2
     )
     assert "mask_fraction" in capsys.readouterr().err
+
+
+def test_two_channel_image_with_independent_channels_trains_one_network_per_channel(tmp_path):
+    import keras
+
+    import zoo  # noqa: F401  (registers the custom layers for loading)
+
+    rng = np.random.default_rng(0)
+    image = tmp_path / "two.tif"
+    tifffile.imwrite(
+        image, rng.normal(100, 10, (2, 64, 64)).astype(np.float32), imagej=True, metadata={"axes": "CYX"}
+    )
+    out = tmp_path / "runs"
+    flags = [*TINY, "--independent-channels", "--channel-axis", "0"]
+    assert main(["--data", str(image), "--out-dir", str(out), "--run-name", "run", *flags]) == 0
+    model = keras.models.load_model(out / "run" / "last.keras", compile=False)
+    assert {"ch0_head_conv", "ch1_head_conv"} <= {layer.name for layer in model.layers}
+    assert tifffile.imread(out / "run" / "denoised" / "two.tif").shape == (2, 64, 64)

@@ -120,15 +120,35 @@ def test_defaults_are_the_configuration_of_the_paper(name):
 
 
 @pytest.mark.parametrize("name", DENOISERS)
-def test_channels_are_denoised_jointly_by_one_network(name, tiny_model):
-    # The builders have no independent-channel option: `independent_channels` of a denoising run only
-    # changes where the blind spots are drawn (training.masking). So output channel 0 sees input channel 1.
+def test_channels_are_denoised_jointly_by_one_network_by_default(name, tiny_model):
+    # Output channel 0 sees input channel 1.
     model = tiny_model(name, input_channels=2)
     images = random_images((1, 16, 16, 2))
     changed = images.copy()
     changed[..., 1] += 1.0
     before, after = predict(model, images), predict(model, changed)
     assert np.abs(after[..., 0] - before[..., 0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", DENOISERS)
+def test_independent_channels_get_one_network_each(name, tiny_model, tmp_path):
+    model = tiny_model(name, input_channels=3, independent_channels=True)
+    images = random_images((1, 16, 24, 3))
+    changed = images.copy()
+    changed[..., 1] += 1.0
+    before, after = predict(model, images), predict(model, changed)
+    # Only output channel 1 moves: channels 0 and 2 never see channel 1.
+    np.testing.assert_array_equal(after[..., [0, 2]], before[..., [0, 2]])
+    assert np.abs(after[..., 1] - before[..., 1]).max() > 1e-3
+    # Three networks of the same architecture, each with its own weights, in one flat graph.
+    assert {layer.name for layer in model.layers} >= {"ch0_head_conv", "ch1_head_conv", "ch2_head_conv"}
+    assert not np.array_equal(
+        model.get_layer("ch0_enc0_conv1").kernel, model.get_layer("ch1_enc0_conv1").kernel
+    )
+    # Tiling needs the same halo as a single network, and the file round trip keeps the branches.
+    assert zoo.model_geometry(model) == zoo.model_geometry(tiny_model(name, input_channels=1))
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_array_equal(predict(keras.models.load_model(tmp_path / "m.keras"), images), before)
 
 
 # === N2V versus N2V2 ===

@@ -243,8 +243,8 @@ class DenoiseConfig(TrainingConfig):
     )
     independent_channels: bool = Field(
         False,
-        description="Mask each channel at its own positions "
-        "(channels denoised independently) instead of jointly.",
+        description="Denoise each channel independently: one network per channel, each channel masked "
+        "at its own positions. Off: one network sees all channels (jointly).",
     )
     loss: Literal["mse", "mae"] = Field("mse", description="Loss over the masked pixels.")
     checkpoint_every: int = Field(

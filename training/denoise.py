@@ -187,6 +187,7 @@ def _build_model(config: DenoiseConfig, channels: int) -> keras.Model:
         kernel_size=config.kernel_size,
         batch_norm=config.batch_norm,
         residual=config.residual,
+        independent_channels=config.independent_channels,
     )
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=MaskedLoss(config.loss))
     return model

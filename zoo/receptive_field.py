@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import keras
 
+from zoo.layers import ChannelSlice
+
 # Layers that act on each pixel independently (or only along channels) leave the footprint unchanged.
 _POINTWISE = (
     keras.layers.InputLayer,
@@ -30,6 +32,7 @@ _POINTWISE = (
     keras.layers.LeakyReLU,
     keras.layers.Softmax,
     keras.layers.Rescaling,
+    ChannelSlice,
 )
 _MERGE = (
     keras.layers.Concatenate,

@@ -12,7 +12,7 @@ from typing import Literal
 import keras
 from keras import layers
 
-from zoo.layers import FusedBatchNormalization, MaxBlurPool2D
+from zoo.layers import ChannelSlice, FusedBatchNormalization, MaxBlurPool2D
 
 Upsampling = Literal["transpose", "nearest", "repeat"]
 Downsampling = Literal["max", "blur"]
@@ -61,6 +61,7 @@ def build_unet(
     top_skip: bool = True,
     residual: bool = False,
     taper: bool = False,
+    per_channel: bool = False,
     final_activation: str | None = "softmax",
     name: str = "unet",
 ) -> keras.Model:
@@ -87,6 +88,8 @@ def build_unet(
         taper: a lighter decoder, as in the CSBDeep U-Net of N2V and CARE: the bottleneck's second
             convolution and the decoder blocks give half the filters of their level (at least
             ``base_filters``).
+        per_channel: one network per input channel, each giving its channel of the output (needs
+            ``num_classes == input_channels``): channels are processed independently.
         final_activation: activation of the output layer (``"softmax"``, ``"sigmoid"``, ``None`` for linear).
             It runs in float32 even under a mixed-precision policy, so outputs are full precision.
         name: model name.
@@ -101,14 +104,64 @@ def build_unet(
         input_channels=input_channels,
         num_classes=num_classes,
     )
+    if per_channel and num_classes != input_channels:
+        raise ValueError(
+            f"per_channel needs num_classes == input_channels (got {num_classes}, {input_channels})"
+        )
     if residual and (num_classes != input_channels or final_activation not in (None, "linear")):
         raise ValueError(
             "residual needs num_classes == input_channels and a linear output "
             f"(got {num_classes}, {input_channels}, {final_activation!r})"
         )
-    # === Layers and functional model ===
     inputs = keras.Input(shape=(None, None, input_channels), name="input")
-    x = inputs
+    options = dict(
+        num_classes=num_classes,
+        depth=depth,
+        base_filters=base_filters,
+        kernel_size=kernel_size,
+        batch_norm=batch_norm,
+        dropout=dropout,
+        upsampling=upsampling,
+        downsampling=downsampling,
+        top_skip=top_skip,
+        taper=taper,
+    )
+    if per_channel and input_channels > 1:
+        # One network per channel, side by side in one flat graph (layers named ch0_..., ch1_...).
+        outputs = [
+            _unet_body(
+                ChannelSlice(c, c + 1, name=f"ch{c}_input")(inputs),
+                prefix=f"ch{c}_",
+                **(options | {"num_classes": 1}),
+            )
+            for c in range(input_channels)
+        ]
+        x = layers.Concatenate(name="channels_concat")(outputs)
+    else:
+        x = _unet_body(inputs, prefix="", **options)
+    if residual:
+        # In float32 under mixed precision: the input's full precision survives the addition.
+        x = layers.Add(dtype="float32", name="residual_add")([inputs, x])
+    outputs = layers.Activation(final_activation or "linear", dtype="float32", name="output")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _unet_body(
+    x,
+    *,
+    prefix: str,
+    num_classes: int,
+    depth: int,
+    base_filters: int,
+    kernel_size: int,
+    batch_norm: bool,
+    dropout: float,
+    upsampling: str,
+    downsampling: str,
+    top_skip: bool,
+    taper: bool,
+):
+    """The U-Net's layers from an input tensor to its head convolution, every name behind `prefix`."""
     skips = []
     for level in range(depth):
         x = _conv_block(
@@ -117,13 +170,13 @@ def build_unet(
             kernel_size=kernel_size,
             batch_norm=batch_norm,
             dropout=dropout,
-            prefix=f"enc{level}",
+            prefix=f"{prefix}enc{level}",
         )
         skips.append(x)
         if downsampling == "blur":
-            x = MaxBlurPool2D(name=f"enc{level}_blurpool")(x)
+            x = MaxBlurPool2D(name=f"{prefix}enc{level}_blurpool")(x)
         else:
-            x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+            x = layers.MaxPooling2D(2, name=f"{prefix}enc{level}_pool")(x)
 
     x = _conv_block(
         x,
@@ -131,35 +184,31 @@ def build_unet(
         kernel_size=kernel_size,
         batch_norm=batch_norm,
         dropout=dropout,
-        prefix="bottleneck",
+        prefix=f"{prefix}bottleneck",
         last_filters=base_filters * 2 ** max(depth - 1, 0) if taper else None,
     )
 
     for level in reversed(range(depth)):
         filters = base_filters * 2 ** (max(level - 1, 0) if taper else level)
         if upsampling == "transpose":
-            x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
+            x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"{prefix}dec{level}_up")(
+                x
+            )
         else:
-            x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
+            x = layers.UpSampling2D(2, interpolation="nearest", name=f"{prefix}dec{level}_up")(x)
             if upsampling == "nearest":
-                x = layers.Conv2D(filters, 2, padding="same", name=f"dec{level}_upconv")(x)
+                x = layers.Conv2D(filters, 2, padding="same", name=f"{prefix}dec{level}_upconv")(x)
         if level > 0 or top_skip:
-            x = layers.Concatenate(name=f"dec{level}_concat")([skips[level], x])
+            x = layers.Concatenate(name=f"{prefix}dec{level}_concat")([skips[level], x])
         x = _conv_block(
             x,
             filters=filters,
             kernel_size=kernel_size,
             batch_norm=batch_norm,
             dropout=dropout,
-            prefix=f"dec{level}",
+            prefix=f"{prefix}dec{level}",
         )
-
-    x = layers.Conv2D(num_classes, 1, name="head_conv")(x)
-    if residual:
-        # In float32 under mixed precision: the input's full precision survives the addition.
-        x = layers.Add(dtype="float32", name="residual_add")([inputs, x])
-    outputs = layers.Activation(final_activation or "linear", dtype="float32", name="output")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return layers.Conv2D(num_classes, 1, name=f"{prefix}head_conv")(x)
 
 
 def _check_unet_arguments(**kwargs) -> None:
