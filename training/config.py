@@ -197,7 +197,7 @@ class DenoiseConfig(TrainingConfig):
     )
 
     patch_size: int = Field(64, ge=16, le=4096, description="Side of the square training patches, in pixels.")
-    batch_size: int = Field(16, ge=1, le=4096, description="Global batch size (split across replicas).")
+    batch_size: int = Field(32, ge=1, le=4096, description="Global batch size (split across replicas).")
     epochs: int = Field(20, ge=1, le=100_000, description="Number of epochs.")
     steps_per_epoch: int = Field(25, ge=1, le=1_000_000, description="Training batches per epoch.")
     learning_rate: float = Field(
