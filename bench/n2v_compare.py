@@ -64,19 +64,18 @@ def run_ours(noisy: Path, clean: Path, out: Path, budget: dict[str, int], extra:
     ]  # fmt: skip
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
-    run_dir = out
-    with (run_dir / "history.csv").open(newline="") as handle:
+    with (out / "history.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    metrics = json.loads((run_dir / "metrics.json").read_text())["images"][0]
+    metrics = json.loads((out / "metrics.json").read_text())["images"][0]
     # The same checkpoint with 8-fold test-time augmentation, as the reference's predict(tta=True).
-    predict = [sys.executable, "-m", "training.predict", str(run_dir), str(noisy), "--out", str(out / "tta")]
+    predict = [sys.executable, "-m", "training.predict", str(out), str(noisy), "--out", str(out / "tta")]
     subprocess.run([*predict, "--tta"], check=True, cwd=ROOT)
     tta = tifffile.imread(out / "tta" / f"{noisy.stem}_denoised.tif").astype(np.float32).squeeze()
     import keras
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from training.denoise import image_quality  # the measure of the run's own metrics.json
 
     reference = tifffile.imread(clean).astype(np.float32)
-    data_range = float(reference.max() - reference.min())
 
     return {
         "implementation": f"this project (Keras {keras.__version__})",
@@ -85,10 +84,7 @@ def run_ours(noisy: Path, clean: Path, out: Path, budget: dict[str, int], extra:
         "train_seconds": float(sum(float(row["epoch_seconds"]) for row in rows)),
         "noisy": metrics["noisy"],
         "denoised": metrics["denoised"],
-        "denoised_tta": {
-            "psnr": float(peak_signal_noise_ratio(reference, tta, data_range=data_range)),
-            "ssim": float(structural_similarity(reference, tta, data_range=data_range)),
-        },
+        "denoised_tta": image_quality(reference[..., np.newaxis], tta[..., np.newaxis]),
         "arguments": extra,
     }
 

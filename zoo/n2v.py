@@ -30,18 +30,16 @@ def build_n2v(
     filters, batch norm, max pooling, nearest-neighbour up-sampling, tapered decoder) with a linear
     output (and, with `residual`, the input added to it). With `independent_channels`, one such
     network per channel (as n2v's `single_net_per_channel`)."""
-    return build_unet(
+    return _csbdeep_unet(
         input_channels=input_channels,
-        num_classes=input_channels,
         depth=depth,
         base_filters=base_filters,
         kernel_size=kernel_size,
         batch_norm=batch_norm,
-        upsampling="repeat",
-        taper=True,
         residual=residual,
-        per_channel=independent_channels,
-        final_activation=None,
+        independent_channels=independent_channels,
+        downsampling="max",
+        top_skip=True,
         name=name,
     )
 
@@ -59,19 +57,29 @@ def build_n2v2(
 ) -> keras.Model:
     """N2V2: as N2V, with max-blur-pooling and without the top-level skip connection, the two changes
     the paper makes to suppress checkerboard artefacts."""
-    return build_unet(
+    return _csbdeep_unet(
         input_channels=input_channels,
-        num_classes=input_channels,
         depth=depth,
         base_filters=base_filters,
         kernel_size=kernel_size,
         batch_norm=batch_norm,
+        residual=residual,
+        independent_channels=independent_channels,
         downsampling="blur",
+        top_skip=False,
+        name=name,
+    )
+
+
+def _csbdeep_unet(*, input_channels: int, independent_channels: bool, **options) -> keras.Model:
+    """The image-to-image U-Net both builders share: as many outputs as inputs, linear, CSBDeep's
+    plain up-sampling and tapered decoder; `options` are the rest of `build_unet`'s arguments."""
+    return build_unet(
+        input_channels=input_channels,
+        num_classes=input_channels,
         upsampling="repeat",
         taper=True,
-        top_skip=False,
-        residual=residual,
         per_channel=independent_channels,
         final_activation=None,
-        name=name,
+        **options,
     )
