@@ -1,5 +1,6 @@
-"""bioimage.io packaging of finished run folders (issue 4). Reads run folders only; never imports `training`.
+"""bioimage.io model packages from run folders: `python -m export RUN_DIR --out PACKAGE.zip`.
 
-Nothing is implemented here yet: the package exists so the project layout (zoo/, training/, export/) is
-fixed from the start.
+`export.package.export_run` builds, checks and atomically writes a package; `export.check` holds the
+checks (`python -m export check PACKAGE.zip`). Export reads a run folder only and never imports the
+training code.
 """

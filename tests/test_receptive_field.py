@@ -28,42 +28,51 @@ def sequential_model(*layers: keras.layers.Layer) -> keras.Model:
 @pytest.mark.parametrize(
     ("layers", "expected"),
     [
-        ([keras.layers.Conv2D(1, 3, padding="same")], zoo.Geometry(step=1, receptive_field=3, halo=1)),
+        (
+            [keras.layers.Conv2D(1, 3, padding="same")],
+            zoo.Geometry(step=1, receptive_field=3, halo=1, border=1),
+        ),
         (
             [keras.layers.Conv2D(1, 5, padding="same", dilation_rate=2)],
-            zoo.Geometry(step=1, receptive_field=9, halo=4),
+            zoo.Geometry(step=1, receptive_field=9, halo=4, border=4),
         ),
         (
             [keras.layers.Conv2D(1, 3, padding="same"), keras.layers.Conv2D(1, 3, padding="same")],
-            zoo.Geometry(step=1, receptive_field=5, halo=2),
+            zoo.Geometry(step=1, receptive_field=5, halo=2, border=2),
         ),
         # An even kernel under `same` padding reads one pixel to the right/bottom only.
-        ([keras.layers.Conv2D(1, 2, padding="same")], zoo.Geometry(step=1, receptive_field=2, halo=1)),
+        (
+            [keras.layers.Conv2D(1, 2, padding="same")],
+            zoo.Geometry(step=1, receptive_field=2, halo=1, border=1),
+        ),
         # A 1x1 convolution and pointwise layers see only their own pixel.
         (
             [keras.layers.Conv2D(1, 1), keras.layers.BatchNormalization(), keras.layers.ReLU()],
-            zoo.Geometry(step=1, receptive_field=1, halo=0),
+            zoo.Geometry(step=1, receptive_field=1, halo=0, border=0),
         ),
         # Output p reads pooled pixel p // 2, which covers input pixels 2 (p // 2) and 2 (p // 2) + 1.
         (
             [keras.layers.MaxPooling2D(2), keras.layers.UpSampling2D(2)],
-            zoo.Geometry(step=2, receptive_field=3, halo=1),
+            zoo.Geometry(step=2, receptive_field=3, halo=1, border=1),
         ),
         (
             [keras.layers.MaxPooling2D(2), keras.layers.Conv2DTranspose(1, 2, strides=2, padding="same")],
-            zoo.Geometry(step=2, receptive_field=3, halo=1),
+            zoo.Geometry(step=2, receptive_field=3, halo=1, border=1),
         ),
         (
             [keras.layers.MaxPooling2D(2), keras.layers.MaxPooling2D(2), keras.layers.UpSampling2D(4)],
-            zoo.Geometry(step=4, receptive_field=7, halo=3),
+            zoo.Geometry(step=4, receptive_field=7, halo=3, border=4),
         ),
         # A stride-2 3x3 convolution reads -1..1 around 2q; up-sampling adds one pixel to the left.
         (
             [keras.layers.Conv2D(1, 3, strides=2, padding="same"), keras.layers.UpSampling2D(2)],
-            zoo.Geometry(step=2, receptive_field=4, halo=2),
+            zoo.Geometry(step=2, receptive_field=4, halo=2, border=2),
         ),
         # Max-blur-pooling reads input pixels 2q - 1 .. 2q + 2 (its own `spatial_footprint`).
-        ([MaxBlurPool2D(), keras.layers.UpSampling2D(2)], zoo.Geometry(step=2, receptive_field=5, halo=2)),
+        (
+            [MaxBlurPool2D(), keras.layers.UpSampling2D(2)],
+            zoo.Geometry(step=2, receptive_field=5, halo=2, border=2),
+        ),
     ],
     ids=[
         "conv3",
@@ -87,7 +96,7 @@ def test_merge_of_two_branches_takes_the_wider_footprint():
     narrow = keras.layers.Conv2D(1, 3, padding="same", name="narrow")(inputs)
     wide = keras.layers.Conv2D(1, 7, padding="same", name="wide")(inputs)
     model = keras.Model(inputs, keras.layers.Add(name="add")([narrow, wide]))
-    assert zoo.model_geometry(model) == zoo.Geometry(step=1, receptive_field=7, halo=3)
+    assert zoo.model_geometry(model) == zoo.Geometry(step=1, receptive_field=7, halo=3, border=3)
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from training.runs import (
     removed_unless_resumable,
     training_main,
     write_json,
+    write_sample,
 )
 from training.tiling import predict_tta, tiled_predict
 from zoo import build_model, model_geometry
@@ -118,8 +119,19 @@ def normalization_stats(images: list[np.ndarray]) -> dict[str, list[float]]:
     return {"mean": pixels.mean(axis=0).tolist(), "std": pixels.std(axis=0).tolist()}
 
 
+# bioimage.io's `fixed_zero_mean_unit_variance` divides by std + 1e-6; training does the same, so an
+# exported package normalises exactly as training did.
+NORMALIZATION_EPS = 1e-6
+
+
 def _normalize(image: np.ndarray, stats: dict) -> np.ndarray:
-    return ((image - np.array(stats["mean"])) / np.array(stats["std"])).astype(np.float32)
+    scale = np.array(stats["std"]) + NORMALIZATION_EPS
+    return ((image - np.array(stats["mean"])) / scale).astype(np.float32)
+
+
+def _denormalize(output: np.ndarray, stats: dict) -> np.ndarray:
+    scale = np.array(stats["std"]) + NORMALIZATION_EPS
+    return (output * scale + np.array(stats["mean"])).astype(np.float32)
 
 
 def split_images(
@@ -199,12 +211,17 @@ def denoise_image(model: keras.Model, image: np.ndarray, *, stats: dict, config:
 
     def predict(normalized: np.ndarray) -> np.ndarray:
         return tiled_predict(
-            model, normalized, step=geometry.step, halo=geometry.halo, tile_size=config.tile_size
+            model,
+            normalized,
+            step=geometry.step,
+            halo=geometry.halo,
+            tile_size=config.tile_size,
+            border=geometry.border,
         )
 
     normalized = _normalize(image, stats)
     output = predict_tta(predict, normalized) if config.tta else predict(normalized)
-    return (output * np.array(stats["std"]) + np.array(stats["mean"])).astype(np.float32)
+    return _denormalize(output, stats)
 
 
 def image_quality(clean: np.ndarray, image: np.ndarray) -> dict[str, float]:
@@ -330,6 +347,7 @@ def _train_and_denoise(
     if gains:
         metrics["mean_psnr_gain_db"] = float(np.mean(gains))
     write_json(run_dir / METRICS_FILE, metrics)
+    write_sample(run_dir, images[0].noisy)
     print(f"\ndenoised with {checkpoint.name}:")
     for r in results:
         quality = (

@@ -70,7 +70,12 @@ def predict_segmentation(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (Y, X, 3) and instance labels (Y, X) of a normalised (Y, X, C) image."""
     probabilities = tiled_predict(
-        model, image, step=geometry.step, halo=geometry.halo, tile_size=config.tile_size
+        model,
+        image,
+        step=geometry.step,
+        halo=geometry.halo,
+        tile_size=config.tile_size,
+        border=geometry.border,
     )
     instances = classes_to_instances(
         probabilities,

@@ -7,6 +7,7 @@ A run folder holds everything needed to resume, evaluate and export a training:
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import sys
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from training.callbacks import (
@@ -35,6 +37,8 @@ from training.errors import UserInputError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
+SAMPLE_FILE = "sample.npy"
+SAMPLE_SIZE = 256
 # Options that may change when a run is resumed: they extend or stop the run, not change what it learns.
 RESUMABLE_OVERRIDES = frozenset({"epochs", "early_stopping_patience", "out_dir"})
 
@@ -42,6 +46,19 @@ RESUMABLE_OVERRIDES = frozenset({"epochs", "early_stopping_patience", "out_dir"}
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically."""
     write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_sample(run_dir: Path, image: np.ndarray) -> None:
+    """Keep a centred crop (at most 256 x 256) of one raw held-out (Y, X, C) image with the run.
+
+    Export builds the package's test tensors and cover image from it, so it needs the run folder only.
+    """
+    top = max(image.shape[0] - SAMPLE_SIZE, 0) // 2
+    left = max(image.shape[1] - SAMPLE_SIZE, 0) // 2
+    crop = np.ascontiguousarray(image[top : top + SAMPLE_SIZE, left : left + SAMPLE_SIZE])
+    buffer = io.BytesIO()
+    np.save(buffer, crop, allow_pickle=False)
+    write_atomic(run_dir / SAMPLE_FILE, buffer.getvalue())
 
 
 def read_json(path: Path) -> dict:

@@ -19,6 +19,7 @@ from training.config import SegmentConfig
 from training.data import SPLITS, PairSplit, Sample, find_pairs, load_samples
 from training.device import make_strategy, set_precision
 from training.errors import UserInputError
+from training.images import read_image
 from training.evaluate import POSTPROCESSING_KEYS, evaluate_segmentation, tune_postprocessing
 from training.losses import WeightedSparseCategoricalCrossentropy
 from training.metrics import format_metrics_table
@@ -32,6 +33,7 @@ from training.runs import (
     removed_unless_resumable,
     training_main,
     write_json,
+    write_sample,
 )
 from training.synthetic import write_synthetic_dataset
 from training.targets import CLASS_NAMES
@@ -142,6 +144,11 @@ def run(config: SegmentConfig, *, resume_dir: Path | None = None) -> Path:
                 },
             )
         _train(config, samples, run_dir, resume=resume_dir is not None)
+        # One raw held-out image (test, else validation) for the package's test tensors and cover;
+        # the split record has the paths as they are now (the synthetic data moved into the run folder).
+        pairs = _split_from_record(read_json(run_dir / SPLIT_FILE)).pairs
+        held_out = pairs["test"] or pairs["val"] or pairs["train"]
+        write_sample(run_dir, read_image(held_out[0][0], channel_axis=config.channel_axis))
     return run_dir
 
 
@@ -184,7 +191,14 @@ def _train(config: SegmentConfig, samples: dict[str, list[Sample]], run_dir: Pat
     geometry = model_geometry(best)
     if config.tune_thresholds and samples["val"]:
         probabilities = [
-            tiled_predict(best, s.image, step=geometry.step, halo=geometry.halo, tile_size=config.tile_size)
+            tiled_predict(
+                best,
+                s.image,
+                step=geometry.step,
+                halo=geometry.halo,
+                tile_size=config.tile_size,
+                border=geometry.border,
+            )
             for s in samples["val"]
         ]
         labels = [s.labels for s in samples["val"]]

@@ -1,6 +1,10 @@
 """Tiled prediction of images of any size, equal to whole-image prediction.
 
-Why the result equals whole-image prediction: the image is first padded (bottom/right, mirrored) to a
+Both first mirror `border` pixels around the image (`zoo.Geometry.border`), so that pixels at the image
+edge see mirrored context instead of the network's zero padding, as bioimageio.core's tiled prediction of
+an exported package does; the border is cut off the result.
+
+Why the tiled result equals whole-image prediction: the image is first padded (bottom/right, mirrored) to a
 multiple of the model's size step, exactly as for a whole-image prediction. Tiles then start on multiples
 of the step, so every pooling window sees the same pixels as in the whole image, and each tile keeps only
 its core, at least `halo` pixels away from any tile edge that is not an image edge, where the receptive
@@ -24,8 +28,19 @@ def pad_to_step(image: np.ndarray, step: int) -> np.ndarray:
     return np.pad(image, ((0, pad_y), (0, pad_x), (0, 0)), mode="symmetric")
 
 
-def predict_whole(model: keras.Model, image: np.ndarray, *, step: int) -> np.ndarray:
-    """Predict a (Y, X, C) image in one piece; returns (Y, X, K) float32."""
+def mirror_border(image: np.ndarray, border: int) -> np.ndarray:
+    """Mirror-pad a (Y, X, C) image by `border` pixels on every side (numpy's `symmetric` mode)."""
+    if not border:
+        return image
+    return np.pad(image, ((border, border), (border, border), (0, 0)), mode="symmetric")
+
+
+def predict_whole(model: keras.Model, image: np.ndarray, *, step: int, border: int = 0) -> np.ndarray:
+    """Predict a (Y, X, C) image in one piece, after mirroring `border` pixels around it; returns
+    (Y, X, K) float32."""
+    if border:
+        output = predict_whole(model, mirror_border(image, border), step=step)
+        return output[border : border + image.shape[0], border : border + image.shape[1]]
     padded = pad_to_step(image, step)
     output = np.asarray(model.predict_on_batch(padded[np.newaxis]), dtype=np.float32)[0]
     return output[: image.shape[0], : image.shape[1]]
@@ -51,6 +66,7 @@ def tiled_predict(
     halo: int,
     tile_size: int = 512,
     batch_size: int = 4,
+    border: int = 0,
 ) -> np.ndarray:
     """Predict a (Y, X, C) image tile by tile; returns (Y, X, K) float32.
 
@@ -62,7 +78,18 @@ def tiled_predict(
         tile_size: side of the tiles fed to the model (rounded up to a multiple of `step` and to more than
             twice the aligned halo); an image that fits in one tile is predicted whole.
         batch_size: tiles per model call.
+        border: pixels mirrored around the image before prediction (see the module doc).
     """
+    if border:
+        output = tiled_predict(
+            model,
+            mirror_border(image, border),
+            step=step,
+            halo=halo,
+            tile_size=tile_size,
+            batch_size=batch_size,
+        )
+        return output[border : border + image.shape[0], border : border + image.shape[1]]
     halo = math.ceil(halo / step) * step
     tile = max(math.ceil(tile_size / step) * step, 2 * halo + step)
     core = tile - 2 * halo

@@ -66,11 +66,16 @@ class Geometry:
         step: input height and width must be multiples of it (product of the down-sampling strides).
         receptive_field: side of the square of input pixels that can influence one output pixel.
         halo: context one output pixel needs on each side, ``max(-low, high)`` in input pixels.
+        border: the halo rounded up so that twice it is a multiple of the step. Prediction mirrors this
+            many pixels around an image (so pixels at the edge see context like any other), and an
+            exported package declares it as its halo: bioimageio.core's tiling then pads and aligns the
+            image exactly as the project's own prediction does.
     """
 
     step: int
     receptive_field: int
     halo: int
+    border: int
 
 
 def _conv_reach(kernel: int, dilation: int) -> tuple[int, int]:
@@ -153,4 +158,11 @@ def model_geometry(model: keras.Model) -> Geometry:
     if final.scale != 1.0:
         raise ValueError(f"model {model.name!r} output is at scale {final.scale}, not the input's")
     halo = math.ceil(max(-final.low, final.high))
-    return Geometry(step=round(max_scale), receptive_field=round(final.high - final.low) + 1, halo=halo)
+    step = round(max_scale)
+    unit = max(step // 2, 1)
+    return Geometry(
+        step=step,
+        receptive_field=round(final.high - final.low) + 1,
+        halo=halo,
+        border=math.ceil(halo / unit) * unit,
+    )

@@ -1,0 +1,161 @@
+"""The model description (rdf.yaml, bioimage.io model spec 0.5) of a run, and the files it names.
+
+The description is built with bioimageio.spec's classes, which validate every field, and then written in
+the form deepImageJ's reader (JDLL) parses: `documentation` and `covers` as plain file names, which format
+versions before 0.5.11 allow and bioimageio.spec still reads (it converts them when it loads the file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import imageio.v3 as iio
+import keras
+import numpy as np
+import tensorflow as tf
+
+from export.processing import Operation, apply, postprocessing, preprocessing
+from export.run_folder import Run
+
+# Written as the format version: the last one in which documentation and covers may be plain strings.
+RDF_FORMAT_VERSION = "0.5.10"
+CLASS_NAMES = ("background", "interior", "boundary")
+
+CITATIONS = {
+    "unet": (
+        "Ronneberger, Fischer and Brox: U-Net: Convolutional Networks for Biomedical Image Segmentation. "
+        "MICCAI 2015.",
+        "10.1007/978-3-319-24574-4_28",
+    ),
+    "n2v": (
+        "Krull, Buchholz and Jug: Noise2Void - Learning Denoising from Single Noisy Images. CVPR 2019.",
+        "10.1109/CVPR.2019.00223",
+    ),
+    "n2v2": (
+        "Höck, Buchholz, Prakash et al.: N2V2 - Fixing Noise2Void Checkerboard Artifacts with Modified "
+        "Sampling Strategies and a Tweaked Network Architecture. ECCV 2022 Workshops.",
+        "10.1007/978-3-031-25069-9_33",
+    ),
+    "structn2v": (
+        "Broaddus, Krull, Weigert, Schmidt and Myers: Removing Structured Noise with Self-Supervised "
+        "Blind-Spot Networks. ISBI 2020.",
+        "10.1109/ISBI45749.2020.9098336",
+    ),
+}
+_ADJECTIVES = (
+    "agile amber brave bright calm clever daring eager fancy gentle happy jolly keen lively lucky merry "
+    "nimble noble proud quick quiet rapid shiny silent steady sunny swift tidy vivid warm wise witty"
+).split()
+_ANIMALS = (
+    "badger beaver bison crane dolphin eagle falcon ferret gecko heron ibis jaguar koala lemur lynx "
+    "marten newt otter owl panda puffin quail raven salmon seal stork tapir turtle walrus wombat yak zebra"
+).split()
+
+
+@dataclass
+class Metadata:
+    """What the user may set about a package; every field has a default."""
+
+    name: str | None = None
+    description: str | None = None
+    authors: list[str] = field(default_factory=list)  # "Name", or "Name; affiliation; ORCID"
+    license: str = "MIT"
+    tags: list[str] = field(default_factory=list)
+    version: str = "0.1.0"
+
+
+@dataclass
+class Tensors:
+    """Ids, layout and sizes of the package's input and output."""
+
+    input_id: str
+    output_id: str
+    input_channels: list[str]
+    output_channels: list[str]
+    step: int
+    min_size: int
+    halo: int
+
+
+def tensors(run: Run) -> Tensors:
+    """Tensor ids and sizes: inputs of `min + n * step` pixels, where `step` is 2^depth and `min` the
+    smallest multiple of it that leaves at least one pixel inside the output halo on both sides."""
+    step, halo = run.geometry.step, run.geometry.border
+    min_size = step * math.ceil((2 * halo + 1) / step)
+    channels = [f"channel{c}" for c in range(run.channels)]
+    if run.task == "segment":
+        return Tensors("raw", "probabilities", channels, list(CLASS_NAMES), step, min_size, halo)
+    return Tensors("noisy", "denoised", channels, channels, step, min_size, halo)
+
+
+def nickname(weights_sha256: str) -> str:
+    """A memorable name derived from the weights (as bioimage.io's adjective-animal nicknames)."""
+    digest = int(weights_sha256[:16], 16)
+    return f"{_ADJECTIVES[digest % len(_ADJECTIVES)]}-{_ANIMALS[(digest // 97) % len(_ANIMALS)]}"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_input(run: Run, sizes: Tensors) -> np.ndarray:
+    """The held-out sample cropped (centred) to the largest valid size, or mirrored up to the minimum;
+    float32 with a batch axis: (1, Y, X, C)."""
+    image = run.sample.astype(np.float32)
+    crops = []
+    for length in image.shape[:2]:
+        size = sizes.min_size + max((length - sizes.min_size) // sizes.step, 0) * sizes.step
+        crops.append(size)
+    pad = [(0, max(size - length, 0)) for size, length in zip(crops, image.shape[:2], strict=True)]
+    if any(p[1] for p in pad):
+        image = np.pad(image, [*pad, (0, 0)], mode="symmetric")
+    top = (image.shape[0] - crops[0]) // 2
+    left = (image.shape[1] - crops[1]) // 2
+    return np.ascontiguousarray(image[top : top + crops[0], left : left + crops[1]])[np.newaxis]
+
+
+def test_output(run: Run, model: keras.Model, raw: np.ndarray) -> np.ndarray:
+    """What a consumer must compute from the test input: pre-processing, the whole input through the
+    network at once (no halo padding, no tiling), post-processing."""
+    normalized = apply(preprocessing(run), raw)
+    output = np.asarray(model(tf.constant(normalized), training=False), np.float32)
+    return apply(postprocessing(run), output)
+
+
+def _display(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    scaled = np.clip((image - low) / max(high - low, 1e-12), 0, 1)
+    return (scaled * 255).round().astype(np.uint8)
+
+
+def cover(run: Run, raw: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """A 2:1 RGB picture: the test input (first channel) beside the model's output."""
+    image = raw[0, ..., 0]
+    low, high = np.percentile(image, (1, 99.8))
+    left = np.repeat(_display(image, low, high)[..., None], 3, axis=-1)
+    if run.task == "segment":
+        # interior in green, boundary in magenta, background dark
+        probabilities = output[0]
+        colours = np.array([[0, 0, 0], [60, 220, 90], [230, 60, 200]], np.float64)
+        right = (probabilities @ colours).clip(0, 255).round().astype(np.uint8)
+    else:
+        right = np.repeat(_display(output[0, ..., 0], low, high)[..., None], 3, axis=-1)
+    gap = np.full((image.shape[0], max(image.shape[1] // 32, 2), 3), 255, np.uint8)
+    picture = np.concatenate([left, gap, right], axis=1)
+    # Pad to exactly 2:1 (width : height) with white.
+    width = max(picture.shape[1], 2 * picture.shape[0])
+    height = width // 2
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    top, start = (height - picture.shape[0]) // 2, (width - picture.shape[1]) // 2
+    canvas[top : top + picture.shape[0], start : start + picture.shape[1]] = picture
+    return canvas
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    iio.imwrite(path, image)
+
+
+def operations_yaml(operations: list[Operation]) -> list[dict]:
+    return [{"id": op.id, "kwargs": op.kwargs} for op in operations]

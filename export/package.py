@@ -1,0 +1,320 @@
+"""Build a bioimage.io model package from a run folder, check it, and only then write it.
+
+`export_run` stages every file in a temporary folder, zips it under a temporary name next to the target,
+runs `python -m export check` on that zip in a fresh process (which has not imported this project, so the
+package must stand on its own), and renames it into place only if every check passed. On any failure
+nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pydantic
+import tensorflow as tf
+
+from export import describe
+from export.describe import Metadata, Tensors
+from export.documentation import documentation
+from export.errors import ExportError
+from export.portable import portable_model
+from export.processing import postprocessing, preprocessing
+from export.run_folder import Run, read_run
+from export.weights import ONNX_OPSET, torch_version, write_onnx, write_torchscript
+
+RDF_FILE = "rdf.yaml"
+
+
+def check_output_path(out: Path, *, overwrite: bool) -> None:
+    if out.suffix.lower() != ".zip":
+        raise ExportError(f"{out}: a package is a .zip file; give a path ending in .zip")
+    if not out.parent.is_dir():
+        raise ExportError(f"{out}: the folder {out.parent} does not exist")
+    if out.is_dir():
+        raise ExportError(f"{out}: is a folder")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out}: exists already (use --overwrite to replace it)")
+    if not os.access(out.parent, os.W_OK):
+        raise ExportError(f"{out}: the folder {out.parent} is not writable")
+
+
+def _axes(sizes: Tensors, v0_5, *, output: bool) -> list:
+    channel_names = sizes.output_channels if output else sizes.input_channels
+    if output:
+        space = [
+            v0_5.SpaceOutputAxisWithHalo(
+                id=v0_5.AxisId(axis),
+                size=v0_5.SizeReference(tensor_id=v0_5.TensorId(sizes.input_id), axis_id=v0_5.AxisId(axis)),
+                halo=sizes.halo,
+            )
+            for axis in ("y", "x")
+        ]
+    else:
+        space = [
+            v0_5.SpaceInputAxis(
+                id=v0_5.AxisId(axis), size=v0_5.ParameterizedSize(min=sizes.min_size, step=sizes.step)
+            )
+            for axis in ("y", "x")
+        ]
+    channel = v0_5.ChannelAxis(channel_names=[v0_5.Identifier(name) for name in channel_names])
+    return [v0_5.BatchAxis(), *space, channel]
+
+
+def _processing(operations, v0_5) -> list:
+    descrs = []
+    for op in operations:
+        k = dict(op.kwargs)
+        if op.id == "scale_range":
+            descrs.append(
+                v0_5.ScaleRangeDescr(
+                    kwargs=v0_5.ScaleRangeKwargs(
+                        axes=[v0_5.AxisId(a) for a in k["axes"]],
+                        min_percentile=k["min_percentile"],
+                        max_percentile=k["max_percentile"],
+                        eps=k["eps"],
+                    )
+                )
+            )
+        elif op.id == "fixed_zero_mean_unit_variance":
+            kwargs = (
+                v0_5.FixedZeroMeanUnitVarianceAlongAxisKwargs(**k)
+                if "axis" in k
+                else v0_5.FixedZeroMeanUnitVarianceKwargs(**k)
+            )
+            descrs.append(v0_5.FixedZeroMeanUnitVarianceDescr(kwargs=kwargs))
+        elif op.id == "scale_linear":
+            kwargs = v0_5.ScaleLinearAlongAxisKwargs(**k) if "axis" in k else v0_5.ScaleLinearKwargs(**k)
+            descrs.append(v0_5.ScaleLinearDescr(kwargs=kwargs))
+        else:
+            raise ValueError(f"no rdf description for operation {op.id!r}")
+    return descrs
+
+
+def _authors(metadata: Metadata, v0_5) -> list:
+    authors = []
+    for entry in metadata.authors or [getpass_name()]:
+        name, affiliation, orcid = ([part.strip() for part in entry.split(";")] + ["", ""])[:3]
+        authors.append(v0_5.Author(name=name, affiliation=affiliation or None, orcid=orcid or None))
+    return authors
+
+
+def getpass_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment (some containers)
+        return "anonymous"
+
+
+def _cite(run: Run, v0_5) -> list:
+    keys = ["unet"] if run.task == "segment" else ["n2v"]
+    if run.config.get("model") == "n2v2":
+        keys.append("n2v2")
+    if run.config.get("struct_axis") is not None:
+        keys.append("structn2v")
+    return [
+        v0_5.CiteEntry(text=text, doi=v0_5.Doi(doi))
+        for text, doi in (describe.CITATIONS[key] for key in keys)
+    ]
+
+
+def _default_text(run: Run) -> tuple[str, str, list[str]]:
+    if run.task == "segment":
+        name = f"U-Net cell segmentation ({run.folder.name})"
+        text = (
+            "2D U-Net that classifies every pixel as background, cell interior or cell boundary "
+            "(softmax probabilities), trained with bioimage-keras-zoo; instances follow from a seeded "
+            "watershed of the interior probabilities."
+        )
+        tags = ["segmentation", "instance-segmentation", "unet", "2d", "keras", "cells"]
+    else:
+        model = run.config.get("model", "n2v")
+        name = f"{'N2V2' if model == 'n2v2' else 'Noise2Void'} denoising ({run.folder.name})"
+        text = (
+            f"Self-supervised {'N2V2' if model == 'n2v2' else 'Noise2Void'} denoiser trained on the noisy "
+            "images alone with bioimage-keras-zoo; output in the input's intensities."
+        )
+        tags = ["denoising", "noise2void", model, "self-supervised", "2d", "keras"]
+    return name, text, tags
+
+
+def build_description(run: Run, staging: Path, metadata: Metadata) -> dict:
+    """Write every file of the package into `staging` and return the rdf as a YAML-ready dict."""
+    from bioimageio.spec import dump_description
+
+    sizes = describe.tensors(run)
+    portable = portable_model(run.model)
+
+    # weights
+    keras_file = staging / "weights.keras"
+    portable.save(keras_file)
+    write_onnx(portable, staging / "weights.onnx", input_id=sizes.input_id, output_id=sizes.output_id)
+    torch = torch_version()
+    if torch is not None:
+        write_torchscript(keras_file, staging / "weights.pt")
+    else:
+        print(
+            "note: PyTorch is not installed, so the package has no TorchScript weights (for ilastik); "
+            "pip install 'bioimage-keras-zoo[torch]' adds them"
+        )
+
+    # test and sample tensors, cover
+    raw = describe.test_input(run, sizes)
+    output = describe.test_output(run, portable, raw)
+    np.save(staging / "test_input.npy", raw)
+    np.save(staging / "test_output.npy", output)
+    describe.write_image(staging / "sample_input.tif", raw[0])
+    describe.write_image(staging / "sample_output.tif", output[0])
+    describe.write_image(staging / "cover.png", describe.cover(run, raw, output))
+    default_name = _default_text(run)[0]
+    nickname = describe.nickname(describe.sha256(keras_file))
+    (staging / "documentation.md").write_text(
+        documentation(run, sizes, name=metadata.name or default_name, torchscript=torch is not None)
+    )
+
+    try:
+        descr = _model_descr(run, staging, metadata, sizes, torch=torch, nickname=nickname)
+    except pydantic.ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ExportError(f"{run.folder}: cannot describe this model ({problems})") from None
+    rdf = _without_nulls(dump_description(descr))
+    # deepImageJ (JDLL) reads documentation and covers as plain strings only.
+    rdf["format_version"] = describe.RDF_FORMAT_VERSION
+    rdf["documentation"] = "documentation.md"
+    rdf["covers"] = ["cover.png"]
+    return rdf
+
+
+def _model_descr(run: Run, staging: Path, metadata: Metadata, sizes: Tensors, *, torch, nickname):
+    from bioimageio.spec import ValidationContext
+    from bioimageio.spec.model import v0_5
+
+    default_name, default_text, default_tags = _default_text(run)
+    with ValidationContext(root=staging, file_name=RDF_FILE, perform_io_checks=True):
+        weights = v0_5.WeightsDescr(
+            keras_v3=v0_5.KerasV3WeightsDescr(
+                source="weights.keras",
+                keras_version=v0_5.Version(keras.__version__),
+                backend=("tensorflow", v0_5.Version(tf.__version__)),
+            ),
+            onnx=v0_5.OnnxWeightsDescr(source="weights.onnx", opset_version=ONNX_OPSET, parent="keras_v3"),
+            torchscript=(
+                v0_5.TorchscriptWeightsDescr(
+                    source="weights.pt", pytorch_version=v0_5.Version(torch.split("+")[0]), parent="keras_v3"
+                )
+                if torch is not None
+                else None
+            ),
+        )
+        descr = v0_5.ModelDescr(
+            name=metadata.name or default_name,
+            description=metadata.description or default_text,
+            authors=_authors(metadata, v0_5),
+            cite=_cite(run, v0_5),
+            license=v0_5.LicenseId(metadata.license),
+            tags=metadata.tags or default_tags,
+            version=metadata.version,
+            documentation=v0_5.FileDescr(source="documentation.md"),
+            covers=[v0_5.FileDescr(source="cover.png")],
+            id=v0_5.ModelId(f"bioimage-keras-zoo/{nickname}"),
+            inputs=[
+                v0_5.InputTensorDescr(
+                    id=v0_5.TensorId(sizes.input_id),
+                    axes=_axes(sizes, v0_5, output=False),
+                    test_tensor=v0_5.FileDescr(source="test_input.npy"),
+                    sample_tensor=v0_5.FileDescr(source="sample_input.tif"),
+                    data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+                    preprocessing=_processing(preprocessing(run), v0_5),
+                )
+            ],
+            outputs=[
+                v0_5.OutputTensorDescr(
+                    id=v0_5.TensorId(sizes.output_id),
+                    axes=_axes(sizes, v0_5, output=True),
+                    test_tensor=v0_5.FileDescr(source="test_output.npy"),
+                    sample_tensor=v0_5.FileDescr(source="sample_output.tif"),
+                    data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+                    postprocessing=_processing(postprocessing(run), v0_5),
+                )
+            ],
+            weights=weights,
+            config=v0_5.Config(
+                bioimageio=v0_5.BioimageioConfig(nickname=nickname),
+                deepimagej={"allow_tiling": True, "pyramidal_model": False},
+            ),
+        )
+    return descr
+
+
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def zip_folder(folder: Path, target: Path) -> None:
+    """Zip every file of `folder` (rdf.yaml first) into `target`."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    names.remove(RDF_FILE)
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in [RDF_FILE, *names]:
+            archive.write(folder / name, arcname=name)
+
+
+def run_checks(package: Path) -> tuple[bool, str]:
+    """Run `python -m export check` on `package` in a fresh process; (passed, its report)."""
+    env = os.environ | {"KERAS_BACKEND": "tensorflow"}
+    result = subprocess.run(
+        [sys.executable, "-m", "export", "check", str(package)], env=env, capture_output=True, text=True
+    )
+    report = result.stdout.strip()
+    if result.returncode != 0 and result.stderr.strip():
+        # The checker's own error (an unreadable package, a crash): its last lines say why.
+        report += "\n" + "\n".join(result.stderr.strip().splitlines()[-5:])
+    return result.returncode == 0, report
+
+
+def export_run(
+    run_dir: Path,
+    out: Path,
+    *,
+    metadata: Metadata | None = None,
+    checkpoint: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export the run folder `run_dir` as the bioimage.io package `out` (a .zip); returns `out`."""
+    check_output_path(out, overwrite=overwrite)
+    run = read_run(run_dir, checkpoint)
+    metadata = metadata or Metadata()
+    from bioimageio.spec.utils import write_yaml
+
+    with tempfile.TemporaryDirectory(prefix="bioimage-export-") as scratch:
+        staging = Path(scratch) / "package"
+        staging.mkdir()
+        rdf = build_description(run, staging, metadata)
+        write_yaml(rdf, staging / RDF_FILE)
+        handle_fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+        os.close(handle_fd)
+        tmp = Path(tmp_name)
+        try:
+            zip_folder(staging, tmp)
+            passed, report = run_checks(tmp)
+            print(report.replace(str(tmp), str(out)))
+            if not passed:
+                raise ExportError(f"{out}: not written, the package failed the checks above")
+            tmp.chmod(0o644)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    print(f"package: {out}")
+    return out

@@ -1,0 +1,80 @@
+"""The package's weights: the `.keras` file, ONNX for deepImageJ and any ONNX runtime, and TorchScript for
+ilastik (which runs PyTorch weights only). All three come from the portable float32 model
+(`export.portable`), so each runs without this project installed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import keras
+
+from export.errors import ExportError
+
+# Opset 15 and IR version 8 run on onnxruntime 1.10 to 1.13, the engines that deepImageJ's JDLL ships.
+ONNX_OPSET = 15
+ONNX_MAX_IR_VERSION = 8
+# Dimension names of the dynamic ONNX axes (b, y, x; the channel count is fixed).
+ONNX_DYNAMIC_AXES = ("batch", "y", "x")
+
+
+def write_onnx(model: keras.Model, path: Path, *, input_id: str, output_id: str) -> None:
+    """Export `model` to ONNX with dynamic batch, height and width, its input and output named after the
+    rdf tensor ids."""
+    import onnx
+    import tensorflow as tf
+
+    channels = int(model.input_shape[-1])
+    with tempfile.TemporaryDirectory() as scratch:
+        raw = Path(scratch) / "model.onnx"
+        model.export(
+            str(raw),
+            format="onnx",
+            input_signature=[tf.TensorSpec((None, None, None, channels), tf.float32, name=input_id)],
+            opset_version=ONNX_OPSET,
+            verbose=False,
+        )
+        proto = onnx.load(str(raw))
+    graph = proto.graph
+    renames = {graph.input[0].name: input_id, graph.output[0].name: output_id}
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    for value in (graph.input[0], graph.output[0]):
+        value.name = renames[value.name]
+        for dim, name in zip(value.type.tensor_type.shape.dim, ONNX_DYNAMIC_AXES, strict=False):
+            dim.dim_param = name
+    proto.ir_version = min(proto.ir_version, ONNX_MAX_IR_VERSION)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def torch_version() -> str | None:
+    """The installed PyTorch version, or None when PyTorch is absent (TorchScript weights are skipped)."""
+    try:
+        from importlib.metadata import version
+
+        return version("torch")
+    except Exception:
+        return None
+
+
+def write_torchscript(keras_file: Path, path: Path) -> None:
+    """Trace the `.keras` model under Keras's PyTorch backend into a TorchScript file.
+
+    The backend is chosen when Keras is imported, so the tracing runs in a child process.
+    """
+    env = os.environ | {"KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "export.torchscript", str(keras_file), str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ExportError(f"{keras_file}: TorchScript tracing failed ({last})")
