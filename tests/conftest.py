@@ -64,7 +64,7 @@ def dsb_dir() -> Path:
 # CPU cores. Later flags win in argparse, so a test appends what it changes (e.g. "--epochs", "4").
 TINY_SEGMENT_FLAGS = tuple(
     "--epochs 2 --steps-per-epoch 2 --patch-size 32 --batch-size 2 --depth 1 --base-filters 4 "
-    "--val-patches 4 --tile-size 64".split()
+    "--val-patches 4 --tile-size 64 --no-export".split()
 )
 
 

@@ -8,6 +8,7 @@ import tifffile
 from training.denoise import main
 
 TINY = [
+    "--no-export",
     "--epochs",
     "1",
     "--steps-per-epoch",

@@ -20,7 +20,7 @@ from training.denoise import main
 # The tiny options of tests/test_denoise_cli.py, with a second epoch so the history has several rows.
 TINY = (
     "--epochs 2 --steps-per-epoch 2 --batch-size 4 --patch-size 32 --base-filters 4 --depth 1 "
-    "--val-patches 4 --mask-fraction 0.01 --warmup-epochs 0"
+    "--val-patches 4 --mask-fraction 0.01 --warmup-epochs 0 --no-export"
 ).split()
 SLICES = 6
 

@@ -19,7 +19,7 @@ from training.predict import main
 # The tiny options of tests/test_denoise_cli.py: a denoising run in a few seconds on two CPU cores.
 TINY_DENOISE = (
     "--epochs 1 --steps-per-epoch 2 --batch-size 4 --patch-size 32 --base-filters 4 --depth 1 "
-    "--val-patches 4 --mask-fraction 0.01 --warmup-epochs 0"
+    "--val-patches 4 --mask-fraction 0.01 --warmup-epochs 0 --no-export"
 ).split()
 
 

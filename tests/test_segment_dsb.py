@@ -21,7 +21,7 @@ from training.segment import main as segment_main
 def test_short_run_on_real_dsb_data_follows_its_split_and_evaluates_the_test_images(dsb_dir, tmp_path):
     flags = (
         "--epochs 2 --steps-per-epoch 4 --patch-size 64 --batch-size 4 --depth 2 --base-filters 8 "
-        "--warmup-epochs 0 --val-patches 16"
+        "--warmup-epochs 0 --val-patches 16 --no-export"
     ).split()
     out = tmp_path / "runs"
     assert segment_main(["--data", str(dsb_dir), "--out-dir", str(out), "--run-name", "dsb", *flags]) == 0

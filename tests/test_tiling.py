@@ -102,3 +102,29 @@ def test_pad_to_step_mirrors_at_the_bottom_and_right():
 def test_pad_to_step_leaves_an_aligned_image_unchanged():
     image = np.random.default_rng(0).normal(size=(8, 12, 2))
     np.testing.assert_array_equal(pad_to_step(image, 4), image)
+
+
+@pytest.mark.parametrize("tile_size", [64, 96])
+def test_tiled_prediction_with_a_mirrored_border_equals_whole_image_prediction_of_the_mirrored_image(
+    model, tile_size
+):
+    geometry = zoo.model_geometry(model)
+    image = odd_image(1)
+    border = geometry.border
+    mirrored = np.pad(image, ((border, border), (border, border), (0, 0)), mode="symmetric")
+    expected = predict_whole(model, mirrored, step=geometry.step)[border:-border, border:-border]
+    whole = predict_whole(model, image, step=geometry.step, border=border)
+    tiled = tiled_predict(
+        model,
+        image,
+        step=geometry.step,
+        halo=geometry.halo,
+        tile_size=tile_size,
+        batch_size=16,
+        border=border,
+    )
+    assert whole.shape == tiled.shape == image.shape[:2] + whole.shape[-1:]
+    np.testing.assert_array_equal(whole, expected)
+    assert np.abs(tiled - expected).max() < 1e-4
+    # Without the border, edge pixels see the network's zero padding instead: a different result.
+    assert np.abs(predict_whole(model, image, step=geometry.step) - whole).max() > 1e-3

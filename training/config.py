@@ -67,6 +67,12 @@ class TrainingConfig(BaseModel):
         "mirrored: MirroredStrategy over all GPUs, or all logical CPUs when there is no GPU.",
     )
 
+    export: bool = Field(
+        True,
+        description="At the end, export the run as a bioimage.io package (RUN_DIR/package.zip), checked "
+        "with bioimageio.core before it is written.",
+    )
+
     @model_validator(mode="after")
     def _check_schedule(self) -> TrainingConfig:
         if self.lr_schedule == "cosine" and self.warmup_epochs >= self.epochs:

@@ -40,7 +40,8 @@ METRICS_FILE = "metrics.json"
 SAMPLE_FILE = "sample.npy"
 SAMPLE_SIZE = 256
 # Options that may change when a run is resumed: they extend or stop the run, not change what it learns.
-RESUMABLE_OVERRIDES = frozenset({"epochs", "early_stopping_patience", "out_dir"})
+RESUMABLE_OVERRIDES = frozenset({"epochs", "early_stopping_patience", "out_dir", "export"})
+PACKAGE_FILE = "package.zip"
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -127,12 +128,31 @@ def training_main(
     def body():
         if args.resume is not None:
             overrides = (read_config_file(args.config) if args.config else {}) | resume_flags(cls, args)
-            run(load_run_config(args.resume, cls, overrides), resume_dir=args.resume)
+            config = load_run_config(args.resume, cls, overrides)
+            run_dir = run(config, resume_dir=args.resume)
         else:
             config, _ = config_from_args(cls, args)
-            run(config)
+            run_dir = run(config)
+        if config.export:
+            export_package(run_dir)
 
     return run_main(body)
+
+
+def export_package(run_dir: Path) -> Path:
+    """Export a finished run as RUN_DIR/package.zip (replacing the package of an earlier export of the
+    same run, e.g. before it was resumed)."""
+    from export.errors import ExportError
+    from export.package import export_run
+
+    print(f"\nexporting a bioimage.io package (skip with --no-export): {run_dir / PACKAGE_FILE}")
+    try:
+        return export_run(run_dir, run_dir / PACKAGE_FILE, overwrite=True)
+    except ExportError as error:
+        raise UserInputError(
+            f"{error}\nthe run folder {run_dir} is complete; export it again with "
+            f"python -m export {run_dir} --out PACKAGE.zip"
+        ) from None
 
 
 def fit(

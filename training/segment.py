@@ -19,8 +19,8 @@ from training.config import SegmentConfig
 from training.data import SPLITS, PairSplit, Sample, find_pairs, load_samples
 from training.device import make_strategy, set_precision
 from training.errors import UserInputError
-from training.images import read_image
 from training.evaluate import POSTPROCESSING_KEYS, evaluate_segmentation, tune_postprocessing
+from training.images import read_image
 from training.losses import WeightedSparseCategoricalCrossentropy
 from training.metrics import format_metrics_table
 from training.pipeline import grid_patches, training_dataset

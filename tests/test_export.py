@@ -1,0 +1,473 @@
+"""bioimage.io export: packages from real (tiny) training runs, checked the way consumers read them.
+
+Two runs are trained once per session: a segmentation run that exports itself at the end of
+`training.segment` (the default), and a denoising run exported with `python -m export`. The tests read
+those packages: rdf fields and sizes, halo arithmetic, JDLL's requirements, ONNX parity (onnxruntime, and
+onnxruntime 1.13.1 through Node.js where `tests/ort113` is installed), the round trip of a 1024 x 1024
+image through bioimageio.core's tiling, and every refusal (nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from bioimageio.spec import load_model_description
+from bioimageio.spec.utils import read_yaml
+
+import zoo
+from export import describe
+from export.__main__ import main as export_main
+from export.check import check_package
+from export.errors import ExportError
+from export.portable import portable_model
+from export.weights import write_onnx
+from training import denoise, segment
+from training.config import DenoiseConfig, build_config
+from training.images import percentile_normalize
+from training.tiling import tiled_predict
+
+ORT113 = Path(__file__).parent / "ort113"
+TINY_DENOISE = (
+    "--epochs 1 --steps-per-epoch 2 --batch-size 4 --patch-size 32 --base-filters 4 --depth 2 "
+    "--val-patches 4 --mask-fraction 0.01 --no-export"
+).split()
+
+
+def _unzip(package: Path, folder: Path) -> Path:
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def segment_run(tmp_path_factory, tiny_segment_flags) -> Path:
+    """A tiny segmentation run (depth 2, so step 4) that exports itself at the end, as by default."""
+    out = tmp_path_factory.mktemp("export-segment")
+    flags = [*tiny_segment_flags, "--depth", "2", "--export", "--out-dir", str(out), "--run-name", "seg"]
+    assert segment.main(flags) == 0
+    return out / "seg"
+
+
+@pytest.fixture(scope="module")
+def denoise_run(tmp_path_factory) -> Path:
+    """A tiny N2V run on a noisy ramp (two images), exported with `python -m export`."""
+    import tifffile
+
+    out = tmp_path_factory.mktemp("export-denoise")
+    rng = np.random.default_rng(3)
+    data = out / "data"
+    data.mkdir()
+    for i in range(2):
+        ramp = np.add.outer(np.linspace(80, 160, 72), np.linspace(0, 40, 80)).astype(np.float32)
+        tifffile.imwrite(data / f"img{i}.tif", ramp + rng.normal(0, 10, ramp.shape).astype(np.float32))
+    assert denoise.main(["--data", str(data), "--out-dir", str(out), "--run-name", "den", *TINY_DENOISE]) == 0
+    run = out / "den"
+    assert export_main([str(run), "--out", str(out / "den.zip"), "--author", "Ada Lovelace; Analytical"]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def segment_package(segment_run) -> Path:
+    return segment_run / "package.zip"
+
+
+@pytest.fixture(scope="module")
+def denoise_package(denoise_run) -> Path:
+    return denoise_run.parent / "den.zip"
+
+
+# === The description ===
+
+
+def test_training_ends_with_a_package_that_bioimageio_reads_as_a_valid_model(segment_package):
+    descr = load_model_description(segment_package)
+    assert descr.type == "model" and str(descr.format_version).startswith("0.5")
+    assert {"keras_v3", "onnx", "torchscript"} <= {
+        name for name in ("keras_v3", "onnx", "torchscript") if getattr(descr.weights, name) is not None
+    }
+    assert descr.weights.onnx.parent == "keras_v3" and descr.weights.torchscript.parent == "keras_v3"
+    assert descr.weights.onnx.opset_version == 15
+
+
+def test_rdf_sizes_and_halo_follow_the_model_geometry(segment_run, segment_package, tmp_path):
+    rdf = read_yaml(_unzip(segment_package, tmp_path) / "rdf.yaml")
+    model = keras.models.load_model(segment_run / "best.keras", compile=False)
+    geometry = zoo.model_geometry(model)
+    (inp,), (out,) = rdf["inputs"], rdf["outputs"]
+    assert [a["type"] for a in inp["axes"]] == ["batch", "space", "space", "channel"]
+    assert [a.get("id") for a in inp["axes"][1:3]] == ["y", "x"]
+    for axis in inp["axes"][1:3]:
+        size = axis["size"]
+        assert size["step"] == geometry.step == 4  # 2^depth
+        assert size["min"] % size["step"] == 0
+    for axis in out["axes"][1:3]:
+        assert axis["size"] == {"tensor_id": inp["id"], "axis_id": axis["id"]}
+        assert axis["halo"] >= geometry.halo
+        assert (2 * axis["halo"]) % geometry.step == 0
+        assert inp["axes"][1]["size"]["min"] - 2 * axis["halo"] >= 1
+    assert out["axes"][3]["channel_names"] == ["background", "interior", "boundary"]
+    # The test tensors are a valid size and the output has the input's height and width.
+    test_in = np.load(tmp_path / inp["test_tensor"]["source"])
+    test_out = np.load(tmp_path / out["test_tensor"]["source"])
+    assert test_in.shape[0] == 1 and test_in.shape[-1] == 1
+    assert test_out.shape == (*test_in.shape[:3], 3)
+    for length in test_in.shape[1:3]:
+        assert (length - inp["axes"][1]["size"]["min"]) % geometry.step == 0
+    np.testing.assert_allclose(test_out.sum(axis=-1), 1.0, atol=1e-5)  # softmax inside the network
+
+
+@pytest.mark.parametrize(
+    ("step", "halo", "border", "min_size"),
+    [(8, 51, 52, 112), (4, 23, 24, 52), (16, 107, 112, 240), (2, 5, 5, 12), (4, 0, 0, 4)],
+)
+def test_halo_is_rounded_so_that_twice_it_is_a_multiple_of_the_step(step, halo, border, min_size):
+    unit = max(step // 2, 1)
+    assert math.ceil(halo / unit) * unit == border
+    geometry = zoo.Geometry(step=step, receptive_field=2 * halo + 1, halo=halo, border=border)
+
+    class FakeRun:
+        task = "segment"
+        channels = 1
+
+    FakeRun.geometry = geometry
+    sizes = describe.tensors(FakeRun)
+    assert (sizes.halo, sizes.min_size) == (border, min_size)
+    assert sizes.min_size % step == 0 and sizes.min_size - 2 * sizes.halo >= 1
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_geometry_border_of_real_unets(depth):
+    geometry = zoo.model_geometry(zoo.build_model("unet", depth=depth, base_filters=4))
+    assert geometry.border >= geometry.halo
+    assert (2 * geometry.border) % geometry.step == 0
+    assert geometry.border - geometry.halo < geometry.step // 2 + 1
+
+
+def test_rdf_meets_every_point_deepimagej_needs(segment_package, denoise_package, tmp_path):
+    for package in (segment_package, denoise_package):
+        rdf = read_yaml(_unzip(package, tmp_path / package.stem) / "rdf.yaml")
+        assert isinstance(rdf["documentation"], str) and rdf["documentation"].endswith(".md")
+        assert rdf["covers"] and all(isinstance(c, str) for c in rdf["covers"])
+        assert rdf["format_version"] < "0.5.11"
+        assert rdf["id"] and rdf["config"]["bioimageio"]["nickname"]
+        assert rdf["config"]["deepimagej"]["allow_tiling"] is True
+        for tensor in rdf["inputs"] + rdf["outputs"]:
+            assert {a["id"] for a in tensor["axes"] if a["type"] == "space"} == {"x", "y"}
+            for op in tensor.get("preprocessing", []) + tensor.get("postprocessing", []):
+                assert op["id"] in {
+                    "binarize",
+                    "clip",
+                    "ensure_dtype",
+                    "fixed_zero_mean_unit_variance",
+                    "scale_linear",
+                    "scale_range",
+                    "sigmoid",
+                    "zero_mean_unit_variance",
+                }
+
+
+def test_segmentation_normalisation_is_declared_as_training_did_it(segment_run, segment_package, tmp_path):
+    rdf = read_yaml(_unzip(segment_package, tmp_path) / "rdf.yaml")
+    config = json.loads((segment_run / "config.json").read_text())
+    (scale_range,) = [op for op in rdf["inputs"][0]["preprocessing"] if op["id"] == "scale_range"]
+    assert scale_range["kwargs"]["axes"] == ["y", "x"]
+    assert scale_range["kwargs"]["min_percentile"] == config["percentile_low"]
+    assert scale_range["kwargs"]["max_percentile"] == config["percentile_high"]
+    assert [op["id"] for op in rdf["outputs"][0].get("postprocessing", [])] in ([], ["ensure_dtype"])
+
+
+def test_denoising_normalisation_is_the_training_mean_and_std(denoise_run, denoise_package, tmp_path):
+    rdf = read_yaml(_unzip(denoise_package, tmp_path) / "rdf.yaml")
+    stats = json.loads((denoise_run / "normalization.json").read_text())
+    (zmuv,) = [op for op in rdf["inputs"][0]["preprocessing"] if op["id"] == "fixed_zero_mean_unit_variance"]
+    assert zmuv["kwargs"] == {"mean": pytest.approx(stats["mean"][0]), "std": pytest.approx(stats["std"][0])}
+    (linear,) = [op for op in rdf["outputs"][0]["postprocessing"] if op["id"] == "scale_linear"]
+    assert linear["kwargs"]["gain"] == pytest.approx(stats["std"][0] + 1e-6)
+    assert linear["kwargs"]["offset"] == pytest.approx(stats["mean"][0])
+    assert rdf["authors"][0] == {"name": "Ada Lovelace", "affiliation": "Analytical"}
+
+
+def test_documentation_carries_the_held_out_metrics_and_the_citations(segment_run, segment_package, tmp_path):
+    folder = _unzip(segment_package, tmp_path)
+    rdf = read_yaml(folder / "rdf.yaml")
+    text = (folder / rdf["documentation"]).read_text()
+    metrics = json.loads((segment_run / "metrics.json").read_text())
+    assert "\n# Validation\n" in text
+    assert f"| instance F1 at IoU 0.5 | {metrics['instances']['f1_at_0.5']:.3f} |" in text
+    assert "10.1007/978-3-319-24574-4_28" in text
+    assert [c["doi"] for c in rdf["cite"]] == ["10.1007/978-3-319-24574-4_28"]
+
+
+def test_denoising_cites_n2v_and_the_cover_is_input_beside_output(denoise_package, tmp_path):
+    import imageio.v3 as iio
+
+    folder = _unzip(denoise_package, tmp_path)
+    rdf = read_yaml(folder / "rdf.yaml")
+    assert [c["doi"] for c in rdf["cite"]] == ["10.1109/CVPR.2019.00223"]
+    cover = iio.imread(folder / rdf["covers"][0])
+    assert cover.shape[1] == 2 * cover.shape[0] and cover.shape[2] == 3
+    # Two panels: the left and right halves differ (noisy input, denoised output).
+    half = cover.shape[1] // 2
+    assert np.abs(cover[:, :half].astype(int) - cover[:, half:].astype(int)).mean() > 1
+
+
+# === Weights ===
+
+
+def _odd_shapes(step: int) -> list[tuple[int, int, int]]:
+    return [(1, 3 * step, 5 * step), (2, 7 * step, step), (1, 9 * step, 11 * step)]
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("unet", {"depth": 2, "base_filters": 4, "input_channels": 2}),
+        ("n2v2", {"depth": 2, "base_filters": 4, "input_channels": 2, "independent_channels": True}),
+    ],
+    ids=["unet-batchnorm", "n2v2-blurpool-per-channel"],
+)
+def test_onnx_equals_keras_on_odd_sizes(name, options, tmp_path):
+    import onnxruntime
+
+    model = zoo.build_model(name, **options)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # non-trivial batch-norm statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights(
+                [w + rng.uniform(0.1, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()]
+            )
+    portable = portable_model(model)
+    write_onnx(portable, tmp_path / "m.onnx", input_id="raw", output_id="out")
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    step = zoo.model_geometry(model).step
+    for batch, height, width in _odd_shapes(step):
+        x = rng.normal(size=(batch, height, width, 2)).astype(np.float32)
+        expected = np.asarray(model(x, training=False))
+        np.testing.assert_array_equal(np.asarray(portable(x, training=False)), expected)
+        np.testing.assert_allclose(session.run(None, {"raw": x})[0], expected, atol=1e-4)
+
+
+@pytest.mark.skipif(
+    not (ORT113 / "node_modules" / "onnxruntime-node").is_dir() or shutil.which("node") is None,
+    reason="onnxruntime-node 1.13.1 not installed (npm ci --prefix tests/ort113) or no node",
+)
+def test_onnx_runs_on_onnxruntime_1_13_1_and_reproduces_the_test_output(
+    segment_package, denoise_package, tmp_path
+):
+    for package in (segment_package, denoise_package):
+        folder = _unzip(package, tmp_path / package.stem)
+        rdf = read_yaml(folder / "rdf.yaml")
+        (inp,), (out,) = rdf["inputs"], rdf["outputs"]
+        model = keras.models.load_model(folder / "weights.keras", compile=False)
+        from export.processing import Operation, apply
+
+        def ops(entries):
+            return [Operation(e["id"], e["kwargs"]) for e in entries if e["id"] != "ensure_dtype"]
+
+        raw = np.load(folder / inp["test_tensor"]["source"])
+        normalized = apply(ops(inp.get("preprocessing", [])), raw)
+        normalized.astype("<f4").tofile(tmp_path / "in.f32")
+        result = subprocess.run(
+            [
+                "node",
+                str(ORT113 / "run.js"),
+                str(folder / "weights.onnx"),
+                str(tmp_path / "in.f32"),
+                json.dumps(list(normalized.shape)),
+                inp["id"],
+                str(tmp_path / "out.f32"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        info = json.loads(result.stdout)
+        assert info["version"] == "1.13.1"
+        assert info["inputs"] == [inp["id"]] and info["outputs"] == [out["id"]]
+        network = np.fromfile(tmp_path / "out.f32", "<f4").reshape(info["dims"])
+        np.testing.assert_allclose(network, np.asarray(model(normalized)), atol=1e-4)
+        final = apply(ops(out.get("postprocessing", [])), network)
+        expected = np.load(folder / out["test_tensor"]["source"])
+        np.testing.assert_allclose(final, expected, atol=1e-4 * max(1.0, float(np.abs(expected).max())))
+
+
+def test_torchscript_weights_pass_bioimageio_test_model(denoise_package):
+    from bioimageio.core import test_model
+
+    summary = test_model(denoise_package, weight_format="torchscript")
+    assert summary.status == "passed", summary.format()
+
+
+# === Round trip through bioimageio.core ===
+
+
+def _core_tiled(package: Path, image: np.ndarray, blocksize: int) -> np.ndarray:
+    from bioimageio.core import Tensor, create_prediction_pipeline, predict
+
+    descr = load_model_description(package)
+    pipeline = create_prediction_pipeline(descr, weight_format="onnx")
+    sample = predict(
+        model=pipeline,
+        inputs={str(descr.inputs[0].id): Tensor(image[None], dims=("batch", "y", "x", "channel"))},
+        blocksize_parameter=blocksize,
+    )
+    return np.asarray(sample.members[str(descr.outputs[0].id)].data)[0]
+
+
+def _large_image() -> np.ndarray:
+    from skimage import data, transform
+
+    rng = np.random.default_rng(7)
+    coins = transform.resize(data.coins().astype(np.float32), (1024, 1024), preserve_range=True)
+    return (coins + rng.normal(0, 5, coins.shape)).astype(np.float32)[..., None]
+
+
+def test_round_trip_of_a_1024_image_matches_the_projects_own_tiled_prediction(segment_run, segment_package):
+    image = _large_image()
+    config = json.loads((segment_run / "config.json").read_text())
+    model = keras.models.load_model(segment_run / "best.keras", compile=False)
+    geometry = zoo.model_geometry(model)
+    ours = tiled_predict(
+        model,
+        percentile_normalize(image, config["percentile_low"], config["percentile_high"]),
+        step=geometry.step,
+        halo=geometry.halo,
+        tile_size=256,
+        border=geometry.border,
+    )
+    theirs = _core_tiled(segment_package, image, blocksize=8)
+    assert theirs.shape == ours.shape == (1024, 1024, 3)
+    np.testing.assert_allclose(theirs, ours, atol=1e-4)
+
+
+def test_round_trip_of_a_denoising_package_matches_training_denoise_image(denoise_run, denoise_package):
+    image = _large_image()
+    config = build_config(
+        DenoiseConfig, json.loads((denoise_run / "config.json").read_text()), source="run"
+    ).model_copy(update={"tile_size": 256})
+    stats = json.loads((denoise_run / "normalization.json").read_text())
+    model = keras.models.load_model(denoise_run / "last.keras", compile=False)
+    ours = denoise.denoise_image(model, image, stats=stats, config=config)
+    theirs = _core_tiled(denoise_package, image, blocksize=12)
+    # Relative to the intensities (about 0-255): 1e-4 of the network's normalised output, scaled back.
+    np.testing.assert_allclose(theirs, ours, atol=1e-4 * stats["std"][0] + 1e-4)
+
+
+# === Checks and refusals ===
+
+
+def test_check_command_passes_an_exported_package(segment_package, capsys):
+    assert export_main(["check", str(segment_package)]) == 0
+    out = capsys.readouterr().out
+    assert "bioimageio.core test_model, onnx: status passed" in out
+    assert "FAIL" not in out
+
+
+def test_a_package_whose_test_output_the_model_does_not_reproduce_is_not_written(
+    segment_run, tmp_path, monkeypatch, capsys
+):
+    real = describe.test_output
+    monkeypatch.setattr(describe, "test_output", lambda *args: real(*args) + 0.5)
+    target = tmp_path / "broken.zip"
+    assert export_main([str(segment_run), "--out", str(target)]) == 1
+    captured = capsys.readouterr()
+    assert "FAIL bioimageio.core test_model" in captured.out
+    assert "not written" in captured.err
+    assert list(tmp_path.iterdir()) == []  # no package, no temporary file
+
+
+def _error(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_bad_run_folders_are_refused_and_nothing_is_written(segment_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert export_main([str(tmp_path / "missing"), "--out", str(out / "p.zip")]) == 2
+    assert "no such run folder" in _error(capsys)
+
+    for removed, words in [("metrics.json", "no metrics.json"), ("sample.npy", "no sample.npy")]:
+        broken = tmp_path / f"without-{removed}"
+        shutil.copytree(segment_run, broken)
+        (broken / removed).unlink()
+        assert export_main([str(broken), "--out", str(out / "p.zip")]) == 2
+        message = _error(capsys)
+        assert str(broken) in message and words in message
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(segment_run, damaged)
+    (damaged / "best.keras").write_bytes(b"not a keras file")
+    assert export_main([str(damaged), "--out", str(out / "p.zip")]) == 2
+    assert "best.keras: unreadable checkpoint" in _error(capsys)
+    assert list(out.iterdir()) == []
+
+
+def test_bad_output_paths_are_refused(segment_run, tmp_path, capsys):
+    assert export_main([str(segment_run), "--out", str(tmp_path / "no" / "such" / "p.zip")]) == 2
+    assert "does not exist" in _error(capsys)
+    existing = tmp_path / "mine.zip"
+    existing.write_bytes(b"the user's own file")
+    assert export_main([str(segment_run), "--out", str(existing)]) == 2
+    assert "exists already (use --overwrite" in _error(capsys)
+    assert existing.read_bytes() == b"the user's own file"
+    assert export_main([str(segment_run), "--out", str(tmp_path / "p.tar")]) == 2
+    assert "ending in .zip" in _error(capsys)
+
+
+def test_check_refuses_what_is_not_a_package(tmp_path, capsys):
+    text = tmp_path / "notes.zip"
+    text.write_text("hello")
+    assert export_main(["check", str(text)]) == 2
+    assert "not a zip file" in _error(capsys)
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as archive:
+        archive.writestr("readme.txt", "no rdf here")
+    assert export_main(["check", str(empty)]) == 2
+    assert "no rdf.yaml" in _error(capsys)
+    assert export_main(["check", str(tmp_path / "absent.zip")]) == 2
+    assert "no such file" in _error(capsys)
+
+
+def test_check_refuses_members_that_escape_the_package(tmp_path):
+    for name in ("../evil.txt", "/etc/evil.txt", "a/../../evil.txt"):
+        package = tmp_path / "slip.zip"
+        with zipfile.ZipFile(package, "w") as archive:
+            archive.writestr("rdf.yaml", "type: model\n")
+            archive.writestr(name, "x")
+        with pytest.raises(ExportError, match="points outside the package"):
+            check_package(package)
+    assert not (tmp_path.parent / "evil.txt").exists()
+
+
+def test_check_runs_without_the_project_importable(segment_package, tmp_path):
+    """The checker is what any consumer sees: run it where `zoo` cannot be imported."""
+    code = (
+        "import sys, builtins\n"
+        "real = builtins.__import__\n"
+        "def guard(name, *a, **k):\n"
+        "    if name.split('.')[0] in ('zoo', 'training'):\n"
+        "        raise ImportError('project code imported: ' + name)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = guard\n"
+        "from export.check import main\n"
+        f"sys.exit(main([{str(segment_package)!r}]))\n"
+    )
+    result = subprocess.run(
+        [os.sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "Keras file uses Keras's own layers only" in result.stdout
