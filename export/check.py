@@ -321,16 +321,32 @@ def check_package(package: Path) -> list[Check]:
             for name in ("keras_v3", "onnx", "torchscript")
             if (entry := getattr(descr.weights, name, None)) is not None
         }
+        input_id, output_id = str(descr.inputs[0].id), str(descr.outputs[0].id)
         if "onnx" in weights:
-            checks += onnx_checks(folder / weights["onnx"], str(descr.inputs[0].id), str(descr.outputs[0].id))
+            checks += _guarded("ONNX file", onnx_checks, folder / weights["onnx"], input_id, output_id)
         if "keras_v3" in weights:
-            foreign = keras_foreign_classes(folder / weights["keras_v3"])
-            checks.append(Check("Keras file uses Keras's own layers only", not foreign, ", ".join(foreign)))
+            checks += _guarded("Keras file", _keras_check, folder / weights["keras_v3"])
         for weight_format in weights:
-            checks.append(_test_model_check(rdf_path, weight_format))
+            name = f"bioimageio.core test_model, {weight_format}"
+            checks += _guarded(name, _test_model_check, rdf_path, weight_format)
         if "keras_v3" in weights:
-            checks += parity_checks(folder, descr, weights)
+            checks += _guarded("ONNX and TorchScript against Keras", parity_checks, folder, descr, weights)
     return checks
+
+
+def _keras_check(keras_file: Path) -> Check:
+    foreign = keras_foreign_classes(keras_file)
+    return Check("Keras file uses Keras's own layers only", not foreign, ", ".join(foreign))
+
+
+def _guarded(name: str, function, *args) -> list[Check]:
+    """Run one check; an exception (a damaged file, a model that refuses to load) is a failed check."""
+    try:
+        result = function(*args)
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        return [Check(name, False, f"{type(error).__name__}: {first}")]
+    return result if isinstance(result, list) else [result]
 
 
 def main(argv: list[str]) -> int:

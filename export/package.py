@@ -303,17 +303,26 @@ def export_run(
         staging.mkdir()
         rdf = build_description(run, staging, metadata)
         write_yaml(rdf, staging / RDF_FILE)
-        handle_fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+        try:
+            handle_fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+        except OSError as error:
+            raise ExportError(f"{out}: cannot write it ({error.strerror or error})") from None
         os.close(handle_fd)
         tmp = Path(tmp_name)
         try:
-            zip_folder(staging, tmp)
+            try:
+                zip_folder(staging, tmp)
+            except OSError as error:
+                raise ExportError(f"{out}: cannot write it ({error.strerror or error})") from None
             passed, report = run_checks(tmp)
             print(report.replace(str(tmp), str(out)))
             if not passed:
                 raise ExportError(f"{out}: not written, the package failed the checks above")
             tmp.chmod(0o644)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except OSError as error:
+                raise ExportError(f"{out}: cannot write it ({error.strerror or error})") from None
         finally:
             tmp.unlink(missing_ok=True)
     print(f"package: {out}")

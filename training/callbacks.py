@@ -14,7 +14,9 @@ import io
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +25,30 @@ import keras
 import numpy as np
 
 from training.config import TrainingConfig
+from training.errors import UserInputError
 
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
 LAST_CHECKPOINT = "last.keras"
 BEST_CHECKPOINT = "best.keras"
 PLOT_FILE = "curves.png"
+# Files of a run folder that `write_atomic` writes (their temporaries are `.NAME.<random>`).
+_TEMPORARY_PREFIXES = tuple(
+    f".{name}."
+    for name in (
+        HISTORY_FILE,
+        STATE_FILE,
+        PLOT_FILE,
+        "config.json",
+        "split.json",
+        "data.json",
+        "metrics.json",
+        "normalization.json",
+        "postprocessing.json",
+        "sample.npy",
+        "package.zip",  # export's temporary is `.package.zip.<random>.partial`
+    )
+)
 
 
 def _umask() -> int:
@@ -37,20 +57,31 @@ def _umask() -> int:
     return mask
 
 
+def cannot_write(path: Path, error: OSError) -> UserInputError:
+    """The one-line error for a write that failed (disk full, read-only folder, no permission)."""
+    return UserInputError(
+        f"{path}: cannot write it ({error.strerror or error}); any earlier version of it is unchanged"
+    )
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file through a temporary file in the same folder and an atomic rename."""
+    """Write a file through a temporary file in the same folder and an atomic rename. A failed write
+    (disk full, read-only folder) leaves no temporary file and the old file unchanged."""
     payload = data.encode() if isinstance(data, str) else data
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        try:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-            # NamedTemporaryFile creates 0600; give the file the permissions a plain open() would.
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
-        except BaseException:
-            os.unlink(handle.name)
-            raise
-    os.replace(handle.name, path)
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+            try:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+                # NamedTemporaryFile creates 0600; give the file the permissions a plain open() would.
+                os.fchmod(handle.fileno(), 0o666 & ~_umask())
+            except BaseException:
+                os.unlink(handle.name)
+                raise
+        os.replace(handle.name, path)
+    except OSError as error:
+        raise cannot_write(path, error) from None
 
 
 def save_model_atomic(model: keras.Model, path: Path) -> None:
@@ -59,8 +90,25 @@ def save_model_atomic(model: keras.Model, path: Path) -> None:
     try:
         model.save(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        raise cannot_write(path, error) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Remove the temporary files that a killed process left in a run folder: the hidden names that
+    `write_atomic` (`.NAME.<random>`) and `save_model_atomic` (`.STEM.partial.keras`) write first."""
+    stale = [
+        path
+        for path in run_dir.iterdir()
+        if path.is_file()
+        and path.name.startswith(".")
+        and (path.name.endswith(".partial.keras") or path.name.startswith(_TEMPORARY_PREFIXES))
+    ]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def epoch_schedule(config: TrainingConfig) -> Callable[[int, float], float] | None:
@@ -158,6 +206,42 @@ class RunKeeper(keras.callbacks.Callback):
     def _best_epoch(self) -> int | None:
         matches = [row["epoch"] for row in self.history if row.get(self.monitor) == self.best]
         return matches[-1] if matches else None
+
+
+class InterruptAfterEpoch(keras.callbacks.Callback):
+    """Ctrl-C (SIGINT) during training stops it after the epoch in progress, once that epoch's checkpoint
+    is written; a second Ctrl-C stops at once (the last finished epoch is then the checkpoint).
+
+    Put it after `RunKeeper` in the callback list, so the epoch's files are written before the stop.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+        self.stopped_after: int | None = None
+        self._previous_handler = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        print(
+            "\ninterrupt: stopping after this epoch, once its checkpoint is written "
+            "(Ctrl-C again to stop now)",
+            flush=True,
+        )
+        signal.signal(signal.SIGINT, self._previous_handler)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._handle)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.requested:
+            self.stopped_after = epoch + 1
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._previous_handler is not None and signal.getsignal(signal.SIGINT) == self._handle:
+            signal.signal(signal.SIGINT, self._previous_handler)
 
 
 class StepTimer(keras.callbacks.Callback):

@@ -20,12 +20,36 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 MAX_CHANNELS = 4
 
 
+# The most an image file may declare (pixels x bytes per pixel), checked from its header before its data
+# is read: a corrupt or hostile header cannot make the reader allocate more than this.
+MAX_IMAGE_BYTES = 2 * 2**30
+
+
+def _declared(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    if path.suffix.lower() in (".tif", ".tiff"):
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return tuple(series.shape), np.dtype(series.dtype)
+    props = iio.improps(path)
+    return tuple(props.shape), np.dtype(props.dtype)
+
+
 def read_array(path: Path) -> np.ndarray:
-    """Read a TIFF (tifffile) or PNG (imageio) file into an array."""
+    """Read a TIFF (tifffile) or PNG (imageio) file into an array, after checking the size its header
+    declares (at most `MAX_IMAGE_BYTES`)."""
     try:
+        shape, dtype = _declared(path)
+        size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if size > MAX_IMAGE_BYTES:
+            raise UserInputError(
+                f"{path}: declares a {' x '.join(map(str, shape))} {dtype} image ({size / 2**30:.1f} GiB), "
+                f"more than the {MAX_IMAGE_BYTES / 2**30:.0f} GiB this reader accepts; crop or split it"
+            )
         if path.suffix.lower() in (".tif", ".tiff"):
             return tifffile.imread(path)
         return iio.imread(path)
+    except UserInputError:
+        raise
     except FileNotFoundError:
         raise UserInputError(f"{path}: file not found") from None
     except Exception as error:  # readers raise many types for corrupt files; all mean the same to a user
@@ -123,13 +147,20 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def write_tiff_atomic(path: Path, array: np.ndarray, **kwargs) -> None:
-    """Write a TIFF through a temporary file in the same folder, so a reader never sees half a file."""
-    with tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as handle:
-        tmp = Path(handle.name)
+    """Write a TIFF through a temporary file in the same folder, so a reader never sees half a file.
+    A failed write (disk full, read-only folder) leaves no temporary file and the old file unchanged."""
+    tmp = None
     try:
+        with tempfile.NamedTemporaryFile(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        ) as handle:
+            tmp = Path(handle.name)
         tifffile.imwrite(tmp, array, **kwargs)
         os.replace(tmp, path)
+    except OSError as error:
+        raise UserInputError(
+            f"{path}: cannot write it ({error.strerror or error}); any earlier version of it is unchanged"
+        ) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)

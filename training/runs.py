@@ -23,11 +23,13 @@ from training.callbacks import (
     HISTORY_FILE,
     LAST_CHECKPOINT,
     STATE_FILE,
+    InterruptAfterEpoch,
     RunKeeper,
     StepTimer,
     epoch_schedule,
     monitor_mode,
     read_history,
+    remove_stale_temporaries,
     restore_callback_state,
     write_atomic,
 )
@@ -115,7 +117,10 @@ def load_run_config(run_dir: Path, cls: type[TrainingConfig], overrides: dict) -
             f"(only {', '.join(sorted(RESUMABLE_OVERRIDES))})"
         )
     values = read_json(run_dir / CONFIG_FILE) | overrides
-    return build_config(cls, values, source=str(run_dir / CONFIG_FILE))
+    config = build_config(cls, values, source=str(run_dir / CONFIG_FILE))
+    for path in remove_stale_temporaries(run_dir):
+        print(f"removed {path.name}, a partial file of the interrupted run")
+    return config
 
 
 def training_main(
@@ -205,12 +210,14 @@ def fit(
         stateful=stateful,
         previous={k: v for k, v in state.items() if k != "previous"} or None,
     )
+    interrupt = InterruptAfterEpoch()
     callbacks += [
         StepTimer(),
         *stateful.values(),
         *extra_callbacks,
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")),
         keeper,
+        interrupt,
     ]
     if initial_epoch >= config.epochs:
         print(f"{run_dir}: all {config.epochs} epochs are done already")
@@ -226,4 +233,11 @@ def fit(
         shuffle=False,  # the patch generator draws at random already
         verbose=1 if sys.stdout.isatty() else 2,  # one line per epoch in logs and CI
     )
+    if interrupt.stopped_after is not None:
+        print(
+            f"stopped after epoch {interrupt.stopped_after} of {config.epochs}; its checkpoint is "
+            f"{run_dir / LAST_CHECKPOINT}; continue with --resume {run_dir}",
+            flush=True,
+        )
+        raise KeyboardInterrupt
     return keeper

@@ -1,0 +1,297 @@
+"""Faults: training processes killed at random points, Ctrl-C, a full disk and a read-only folder.
+
+Kills are real SIGKILLs of real training processes. Some land at random times; others are aimed with a
+small wrapper (`KILLER` below) that patches `os.replace` or `zipfile.ZipFile.writestr/write` in the child
+and kills the child at the N-th call: after a checkpoint's temporary file is written but before it is
+renamed, or half-way through writing a checkpoint or the package zip. After every kill, every file in the
+run folder must be complete, and `--resume` must finish the run with each epoch exactly once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import zoo  # noqa: F401  (registers the custom layers the checkpoints use)
+
+KILLER = r"""
+import os, signal, sys, zipfile
+mode, n = os.environ["KILL_MODE"], int(os.environ["KILL_AT"])
+calls = [0]
+
+def counting(real):
+    def wrapper(*args, **kwargs):
+        if calls[0] == n:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        calls[0] += 1
+        return real(*args, **kwargs)
+    return wrapper
+
+if mode == "replace":
+    os.replace = counting(os.replace)
+elif mode == "zipwrite":
+    zipfile.ZipFile.writestr = counting(zipfile.ZipFile.writestr)
+    zipfile.ZipFile.write = counting(zipfile.ZipFile.write)
+module = sys.argv[1]
+sys.argv = [module, *sys.argv[2:]]
+import runpy
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _history_epochs(run_dir: Path) -> list[int]:
+    with (run_dir / "history.csv").open() as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+def _assert_nothing_corrupt(run_dir: Path, steps_per_epoch: int) -> int:
+    """Every visible file of the run folder is whole; returns the epochs held by last.keras."""
+    epochs_done = 0
+    if (run_dir / "last.keras").exists():
+        model = keras.models.load_model(run_dir / "last.keras")
+        iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        assert iterations % steps_per_epoch == 0, "last.keras holds part of an epoch"
+        epochs_done = iterations // steps_per_epoch
+    if (run_dir / "best.keras").exists():
+        keras.models.load_model(run_dir / "best.keras", compile=False)
+    for name in ("state.json", "config.json", "metrics.json", "split.json", "postprocessing.json"):
+        if (run_dir / name).exists():
+            json.loads((run_dir / name).read_text())
+    if (run_dir / "history.csv").exists():
+        epochs = _history_epochs(run_dir)
+        assert epochs == list(range(1, len(epochs) + 1)), f"gap or duplicate in history: {epochs}"
+        # history.csv is written before last.keras (the commit point), so it may be one epoch ahead.
+        assert len(epochs) >= epochs_done
+    if (run_dir / "sample.npy").exists():
+        np.load(run_dir / "sample.npy")
+    if (run_dir / "package.zip").exists():
+        with zipfile.ZipFile(run_dir / "package.zip") as archive:
+            assert archive.testzip() is None
+            assert "rdf.yaml" in archive.namelist()
+    return epochs_done
+
+
+def _run(argv: list[str], *, kill: tuple[str, int] | None = None, kill_after: float | None = None, log: Path):
+    if kill is None:
+        command = [sys.executable, "-m", *argv]
+        env = ENV
+    else:
+        command = [sys.executable, "-c", KILLER, *argv]
+        env = {**ENV, "KILL_MODE": kill[0], "KILL_AT": str(kill[1])}
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            process.wait(timeout=kill_after if kill_after is not None else 600)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the process and any export check it started
+            process.wait()
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    return process.returncode
+
+
+@pytest.mark.slow  # about 3 minutes on 2 cores
+def test_twelve_kills_across_epochs_checkpoint_writes_and_export_lose_nothing(tiny_segment_flags, tmp_path):
+    rng = random.Random(20261126)
+    steps, epochs = 3, 6
+    out = tmp_path / "runs"
+    run_dir = out / "chaos"
+    log = tmp_path / "chaos.log"
+    flags = [*tiny_segment_flags, "--epochs", str(epochs), "--steps-per-epoch", str(steps), "--export"]
+    start = ["training.segment", *flags, "--out-dir", str(out), "--run-name", "chaos"]
+    resume = ["training.segment", "--resume", str(run_dir)]
+
+    # A run folder appears only once the first epoch is checkpointed; kills before that leave nothing to
+    # resume, so the first start is killed at random after that.
+    _run(start, kill=("replace", 4 + rng.randrange(4)), log=log)
+    plan = [
+        ("replace", 0),  # before the first rename of the resumed process
+        ("zipwrite", 1),  # half-way through writing a checkpoint
+        ("time", 7.0),
+        ("replace", 2),
+        ("zipwrite", 3),
+        ("time", 9.5),
+        ("replace", 5),
+        ("zipwrite", 0),
+        ("time", 12.0),
+        ("replace", 3),
+        ("zipwrite", 5),
+    ]
+    kills, outcomes = 1, []
+    for mode, at in plan:
+        before = _assert_nothing_corrupt(run_dir, steps)
+        if mode == "time":
+            code = _run(resume, kill_after=at, log=log)
+        else:
+            code = _run(resume, kill=(mode, at), log=log)
+        if code == 0:
+            outcomes.append((mode, at, "finished"))
+            break
+        assert code == -signal.SIGKILL, log.read_text()[-3000:]
+        kills += 1
+        after = _assert_nothing_corrupt(run_dir, steps)
+        assert after >= before
+        phase = "export" if after == epochs else "training"
+        outcomes.append((mode, at, phase))
+    assert kills >= 10, outcomes
+    assert {phase for *_, phase in outcomes} >= {"training", "export"}, outcomes
+
+    assert _run(resume, log=log) == 0, log.read_text()[-3000:]
+    assert _assert_nothing_corrupt(run_dir, steps) == epochs
+    assert _history_epochs(run_dir) == list(range(1, epochs + 1))
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "package.zip").is_file()
+    leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_after_the_epoch_in_progress_with_its_checkpoint(tiny_segment_flags, tmp_path):
+    out = tmp_path / "runs"
+    run_dir = out / "interrupted"
+    steps = 20
+    argv = [
+        *tiny_segment_flags,
+        "--epochs",
+        "50",
+        "--steps-per-epoch",
+        str(steps),
+        "--out-dir",
+        str(out),
+        "--run-name",
+        "interrupted",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "training.segment", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "last.keras").exists():
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output[-2000:]
+    assert "interrupt: stopping after this epoch" in output
+    done = _assert_nothing_corrupt(run_dir, steps)
+    assert 1 <= done < 50
+    assert _history_epochs(run_dir) == list(range(1, done + 1))
+    assert json.loads((run_dir / "state.json").read_text())["epochs_done"] == done
+    assert f"stopped after epoch {done} of 50" in output and "--resume" in output
+    assert not (run_dir / "metrics.json").exists()
+
+    from training.segment import main
+
+    assert main(["--resume", str(run_dir), "--epochs", str(done + 1)]) == 0
+    assert _history_epochs(run_dir) == list(range(1, done + 2))
+
+
+# === A full disk and a read-only folder ===
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (needs root and mount; skipped otherwise); unmounted afterwards."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip() or 'mount failed'})")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Fill `disk` until only about `leave` bytes are free."""
+    free = shutil.disk_usage(disk).free
+    with (disk / "filler").open("wb") as handle:
+        handle.write(b"\0" * max(free - leave, 0))
+
+
+def _error_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+
+
+def test_a_full_disk_stops_training_with_a_clear_error_and_no_half_written_file(
+    small_disk, tiny_segment_flags, capsys
+):
+    from training.segment import main
+
+    _fill(small_disk, leave=24 * 1024)  # room for the run's small files, not for a checkpoint
+    argv = [*tiny_segment_flags, "--out-dir", str(small_disk / "runs"), "--run-name", "full"]
+    assert main(argv) == 2
+    (line,) = _error_lines(capsys)
+    assert "No space left on device" in line and ".keras" in line
+    # Nothing could be resumed, so the run folder is gone; no temporary file anywhere.
+    leftovers = [p for p in small_disk.rglob("*") if p.name != "filler" and p.is_file()]
+    assert leftovers == []
+
+
+def test_a_full_disk_stops_export_and_leaves_no_partial_package(
+    small_disk, tiny_segment_flags, tmp_path, capsys
+):
+    from export.__main__ import main as export_main
+    from training.segment import main
+
+    assert main([*tiny_segment_flags, "--out-dir", str(tmp_path / "runs"), "--run-name", "r"]) == 0
+    capsys.readouterr()
+    _fill(small_disk, leave=16 * 1024)
+    assert export_main([str(tmp_path / "runs" / "r"), "--out", str(small_disk / "model.zip")]) == 2
+    (line,) = _error_lines(capsys)
+    assert "model.zip: cannot write it" in line and "No space left on device" in line
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_a_read_only_folder_is_refused_clearly(small_disk, tiny_segment_flags, tmp_path, capsys):
+    from training.predict import main as predict_main
+    from training.segment import main
+
+    assert main([*tiny_segment_flags, "--out-dir", str(tmp_path / "runs"), "--run-name", "r"]) == 0
+    (small_disk / "predictions").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    capsys.readouterr()
+
+    assert main([*tiny_segment_flags, "--out-dir", str(small_disk / "runs")]) == 2
+    assert "Read-only file system" in _error_lines(capsys)[0]
+
+    image = next((tmp_path / "runs" / "r" / "data").glob("**/images/*.tif"), None)
+    if image is None:
+        image = next(
+            Path(json.loads((tmp_path / "runs" / "r" / "split.json").read_text())["data_dir"]).rglob("*.tif")
+        )
+    assert (
+        predict_main([str(tmp_path / "runs" / "r"), str(image), "--out", str(small_disk / "predictions")])
+        == 2
+    )
+    errors = _error_lines(capsys)
+    assert errors and all("Read-only file system" in e for e in errors)
+    assert list((small_disk / "predictions").iterdir()) == []
