@@ -306,7 +306,12 @@ def check_package(package: Path) -> list[Check]:
         if not isinstance(rdf, dict) or rdf.get("type") != "model":
             raise ExportError(f"{package}: not a bioimage.io model package (rdf type {rdf.get('type')!r})")
         checks = jdll_checks(rdf)
-        descr = load_model_description(rdf_path, perform_io_checks=True)
+        try:
+            descr = load_model_description(rdf_path, perform_io_checks=True)
+        except Exception as error:  # an invalid description raises (ValueError) in this spec version
+            detail = " ".join(str(error).split())[:500]
+            checks.append(Check("bioimageio.spec: valid model description", False, detail))
+            return checks
         if isinstance(descr, InvalidDescr):
             errors = "; ".join(
                 f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in descr.validation_summary.errors

@@ -15,9 +15,7 @@ from training import denoise, segment
 
 def _weights(path: Path) -> list[np.ndarray]:
     model = keras.models.load_model(path)
-    return [np.asarray(w) for w in model.weights] + [
-        np.asarray(v) for v in model.optimizer.variables
-    ]
+    return [np.asarray(w) for w in model.weights] + [np.asarray(v) for v in model.optimizer.variables]
 
 
 def _history(run_dir: Path) -> list[dict[str, str]]:
@@ -53,7 +51,9 @@ def test_two_denoising_runs_with_one_seed_give_bit_identical_checkpoints(tmp_pat
         "--val-patches 4 --no-export --seed 9"
     ).split()
     for name in ("a", "b"):
-        assert denoise.main(["--data", str(image), "--out-dir", str(tmp_path), "--run-name", name, *flags]) == 0
+        assert (
+            denoise.main(["--data", str(image), "--out-dir", str(tmp_path), "--run-name", name, *flags]) == 0
+        )
     _assert_identical(tmp_path / "a", tmp_path / "b")
 
 

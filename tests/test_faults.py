@@ -25,7 +25,8 @@ import keras
 import numpy as np
 import pytest
 
-import zoo  # noqa: F401  (registers the custom layers the checkpoints use)
+import training.losses  # noqa: F401  (registers the loss the checkpoints were compiled with)
+import zoo
 
 KILLER = r"""
 import os, signal, sys, zipfile
@@ -112,7 +113,7 @@ def _run(argv: list[str], *, kill: tuple[str, int] | None = None, kill_after: fl
 @pytest.mark.slow  # about 3 minutes on 2 cores
 def test_twelve_kills_across_epochs_checkpoint_writes_and_export_lose_nothing(tiny_segment_flags, tmp_path):
     rng = random.Random(20261126)
-    steps, epochs = 3, 6
+    steps, epochs, wanted = 3, 8, 12
     out = tmp_path / "runs"
     run_dir = out / "chaos"
     log = tmp_path / "chaos.log"
@@ -120,40 +121,34 @@ def test_twelve_kills_across_epochs_checkpoint_writes_and_export_lose_nothing(ti
     start = ["training.segment", *flags, "--out-dir", str(out), "--run-name", "chaos"]
     resume = ["training.segment", "--resume", str(run_dir)]
 
-    # A run folder appears only once the first epoch is checkpointed; kills before that leave nothing to
-    # resume, so the first start is killed at random after that.
-    _run(start, kill=("replace", 4 + rng.randrange(4)), log=log)
-    plan = [
-        ("replace", 0),  # before the first rename of the resumed process
-        ("zipwrite", 1),  # half-way through writing a checkpoint
-        ("time", 7.0),
-        ("replace", 2),
-        ("zipwrite", 3),
-        ("time", 9.5),
-        ("replace", 5),
-        ("zipwrite", 0),
-        ("time", 12.0),
-        ("replace", 3),
-        ("zipwrite", 5),
-    ]
+    # A run folder is resumable once its first epoch is checkpointed (a kill before that leaves nothing
+    # to lose): the first start is killed at a random moment after that.
+    with log.open("ab") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", *start], stdout=handle, stderr=subprocess.STDOUT, env=ENV
+        )
+        deadline = time.monotonic() + 300
+        while not (run_dir / "last.keras").exists():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0))
+        process.kill()
+        process.wait()
     kills, outcomes = 1, []
-    for mode, at in plan:
+    while kills < wanted:
         before = _assert_nothing_corrupt(run_dir, steps)
-        if mode == "time":
-            code = _run(resume, kill_after=at, log=log)
-        else:
-            code = _run(resume, kill=(mode, at), log=log)
-        if code == 0:
-            outcomes.append((mode, at, "finished"))
-            break
-        assert code == -signal.SIGKILL, log.read_text()[-3000:]
+        mode = ("replace", "zipwrite", "time")[kills % 3]
+        if mode == "time":  # anywhere: start-up, an epoch, a checkpoint, evaluation, export and its check
+            code = _run(resume, kill_after=rng.uniform(4.0, 9.0), log=log)
+        else:  # aimed: before a rename, or half-way through writing a zip (checkpoint or package)
+            code = _run(resume, kill=(mode, rng.randrange(6)), log=log)
+        assert code == -signal.SIGKILL, f"not killed ({code}) after {outcomes}:\n" + log.read_text()[-3000:]
         kills += 1
         after = _assert_nothing_corrupt(run_dir, steps)
         assert after >= before
-        phase = "export" if after == epochs else "training"
-        outcomes.append((mode, at, phase))
-    assert kills >= 10, outcomes
-    assert {phase for *_, phase in outcomes} >= {"training", "export"}, outcomes
+        outcomes.append((mode, "export" if before == epochs else "training"))
+    assert {phase for _, phase in outcomes} == {"training", "export"}, outcomes
+    print(f"{kills} kills (the first during epochs):", outcomes)
 
     assert _run(resume, log=log) == 0, log.read_text()[-3000:]
     assert _assert_nothing_corrupt(run_dir, steps) == epochs
@@ -250,10 +245,31 @@ def test_a_full_disk_stops_training_with_a_clear_error_and_no_half_written_file(
     argv = [*tiny_segment_flags, "--out-dir", str(small_disk / "runs"), "--run-name", "full"]
     assert main(argv) == 2
     (line,) = _error_lines(capsys)
-    assert "No space left on device" in line and ".keras" in line
+    assert "No space left on device" in line and str(small_disk / "runs" / "full") in line
     # Nothing could be resumed, so the run folder is gone; no temporary file anywhere.
     leftovers = [p for p in small_disk.rglob("*") if p.name != "filler" and p.is_file()]
     assert leftovers == []
+
+
+def test_a_checkpoint_or_history_write_on_a_full_disk_keeps_the_previous_version(small_disk):
+    from training.callbacks import save_model_atomic, write_atomic
+    from training.errors import UserInputError
+
+    model = zoo.build_model("unet", depth=1, base_filters=4)
+    save_model_atomic(model, small_disk / "last.keras")
+    write_atomic(small_disk / "history.csv", "epoch,loss\n1,0.5\n")
+    before = {p.name: p.read_bytes() for p in small_disk.iterdir()}
+    _fill(small_disk, leave=4 * 1024)
+    bigger = zoo.build_model("unet", depth=2, base_filters=8)
+    with pytest.raises(
+        UserInputError, match="last.keras: cannot write it .No space left on device."
+    ) as caught:
+        save_model_atomic(bigger, small_disk / "last.keras")
+    assert "earlier version of it is unchanged" in str(caught.value)
+    with pytest.raises(UserInputError, match="history.csv: cannot write it"):
+        write_atomic(small_disk / "history.csv", "x" * 100_000)
+    after = {p.name: p.read_bytes() for p in small_disk.iterdir() if p.name != "filler"}
+    assert after == before  # old versions intact, no temporary file left
 
 
 def test_a_full_disk_stops_export_and_leaves_no_partial_package(

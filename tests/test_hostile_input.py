@@ -16,7 +16,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -55,6 +55,14 @@ def _counter():
     return next_path
 
 
+def _write(path: Path, array: np.ndarray) -> None:
+    """Write `array` as a TIFF; arrays tifffile itself cannot write are not inputs a user could have."""
+    try:
+        tifffile.imwrite(path, array)
+    except Exception:
+        assume(False)
+
+
 def _fails_clearly(error: UserInputError, path: Path) -> None:
     message = str(error)
     assert message.startswith(str(path)), message
@@ -65,7 +73,7 @@ def _fails_clearly(error: UserInputError, path: Path) -> None:
 @given(array=_arrays())
 def test_read_image_gives_yxc_float32_or_a_clear_error(tmp_path, array):
     path = tmp_path / "image.tif"
-    tifffile.imwrite(path, array)
+    _write(path, array)
     try:
         image = read_image(path)
     except UserInputError as error:
@@ -83,7 +91,7 @@ def test_read_image_gives_yxc_float32_or_a_clear_error(tmp_path, array):
 @given(array=_arrays())
 def test_read_image_slices_gives_2d_slices_or_a_clear_error(tmp_path, array):
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, array)
+    _write(path, array)
     try:
         slices = read_image_slices(path)
     except UserInputError as error:
@@ -97,7 +105,7 @@ def test_read_image_slices_gives_2d_slices_or_a_clear_error(tmp_path, array):
 @given(array=_arrays())
 def test_read_mask_gives_int32_labels_or_a_clear_error(tmp_path, array):
     path = tmp_path / "mask.tif"
-    tifffile.imwrite(path, array)
+    _write(path, array)
     try:
         mask = read_mask(path)
     except UserInputError as error:

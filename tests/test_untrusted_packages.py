@@ -95,17 +95,19 @@ def test_code_in_a_keras_file_of_a_package_is_never_run(tmp_path):
     """A `.keras` file whose Lambda layer would write a marker file: loading it is refused (Keras's safe
     mode), so the check fails and the marker never appears."""
     marker = tmp_path / "pwned"
-    inputs = keras.Input((None, None, 1))
-    outputs = keras.layers.Lambda(lambda x: x * 1.0 + float(open(str(marker), "w").write("x") * 0))(inputs)
+    inputs = keras.Input((None, None))
+    # The path is a constant of the lambda's code (a closure over a Path would not serialise).
+    code = eval(f"lambda x: x * 1.0 + float(open({str(marker)!r}, 'w').write('x') * 0)")
+    outputs = keras.layers.Lambda(code)(inputs)
     keras.Model(inputs, outputs).save(tmp_path / "evil.keras")
     marker.unlink(missing_ok=True)  # saving traced the lambda once; only loading matters below
     weights = (tmp_path / "evil.keras").read_bytes()
     sha = hashlib.sha256(weights).hexdigest()
     test = tmp_path / "t.npy"
-    np.save(test, np.zeros((1, 16, 16, 1), np.float32))
+    np.save(test, np.random.default_rng(0).normal(size=(1, 16, 16)).astype(np.float32))
     rdf = f"""format_version: 0.5.10
 type: model
-name: evil
+name: evil model
 description: runs code
 authors: [{{name: x}}]
 cite: [{{text: x, doi: 10.1007/978-3-319-24574-4_28}}]
@@ -137,6 +139,9 @@ weights:
             "weights.keras": weights,
         },
     )
-    checks = check_package(package)
-    assert not all(c.passed for c in checks)
+    checks = {c.name: c for c in check_package(package)}
+    assert checks["bioimageio.spec: valid model description"].passed  # the package itself is well-formed
+    refused = checks["bioimageio.core test_model, keras_v3"]
+    assert not refused.passed and "Lambda" in refused.detail, refused.detail
+    assert not checks["ONNX and TorchScript against Keras"].passed
     assert not marker.exists()

@@ -53,7 +53,8 @@ def read_array(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise UserInputError(f"{path}: file not found") from None
     except Exception as error:  # readers raise many types for corrupt files; all mean the same to a user
-        raise UserInputError(f"{path}: unreadable image ({type(error).__name__}: {error})") from None
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise UserInputError(f"{path}: unreadable image ({type(error).__name__}: {first_line})") from None
 
 
 def to_yxc(array: np.ndarray, path: Path, *, channel_axis: int | None = None) -> np.ndarray:
@@ -79,10 +80,15 @@ def to_yxc(array: np.ndarray, path: Path, *, channel_axis: int | None = None) ->
 def _checked_pixels(array: np.ndarray, path: Path) -> np.ndarray:
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
         raise UserInputError(f"{path}: unsupported pixel type {array.dtype}")
-    array = array.astype(np.float32)
     if not np.isfinite(array).all():
         raise UserInputError(f"{path}: image contains NaN or infinite values")
-    return array
+    if (
+        np.issubdtype(array.dtype, np.floating)
+        and array.size
+        and np.abs(array).max() > np.finfo(np.float32).max
+    ):
+        raise UserInputError(f"{path}: image values exceed the float32 range")
+    return array.astype(np.float32)
 
 
 def read_image(path: Path, *, channel_axis: int | None = None) -> np.ndarray:

@@ -44,6 +44,7 @@ SAMPLE_SIZE = 256
 # Options that may change when a run is resumed: they extend or stop the run, not change what it learns.
 RESUMABLE_OVERRIDES = frozenset({"epochs", "early_stopping_patience", "out_dir", "export"})
 PACKAGE_FILE = "package.zip"
+_WRITE_FAILURES = ("No space left on device", "Read-only file system", "Permission denied", "Disk quota exceeded")
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -222,17 +223,24 @@ def fit(
     if initial_epoch >= config.epochs:
         print(f"{run_dir}: all {config.epochs} epochs are done already")
         return keeper
-    model.fit(
-        train_data,
-        validation_data=val_data,
-        validation_batch_size=config.batch_size,
-        epochs=config.epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=config.steps_per_epoch,
-        callbacks=callbacks,
-        shuffle=False,  # the patch generator draws at random already
-        verbose=1 if sys.stdout.isatty() else 2,  # one line per epoch in logs and CI
-    )
+    try:
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            validation_batch_size=config.batch_size,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=config.steps_per_epoch,
+            callbacks=callbacks,
+            shuffle=False,  # the patch generator draws at random already
+            verbose=1 if sys.stdout.isatty() else 2,  # one line per epoch in logs and CI
+        )
+    except tf.errors.OpError as error:
+        # TensorFlow's own writers (the TensorBoard logs) report a full or read-only disk this way.
+        reason = next((r for r in _WRITE_FAILURES if r in error.message), None)
+        if reason is None:
+            raise
+        raise UserInputError(f"{run_dir / 'tensorboard'}: cannot write the TensorBoard logs ({reason})") from None
     if interrupt.stopped_after is not None:
         print(
             f"stopped after epoch {interrupt.stopped_after} of {config.epochs}; its checkpoint is "
