@@ -391,3 +391,41 @@ def test_out_of_range_tile_size_is_refused_naming_the_option(
     (error,) = _error_lines(capsys)
     assert "tile_size" in error
     assert not out.exists()
+
+
+# === The onnxruntime engine ===
+
+
+def test_onnx_engine_gives_the_keras_segmentation(
+    segment_run: Path, segment_inputs: Path, tmp_path: Path
+) -> None:
+    outputs = {}
+    for engine in ("keras", "onnx"):
+        out = tmp_path / engine
+        assert main([str(segment_run), str(segment_inputs), "--out", str(out), "--engine", engine]) == 0
+        outputs[engine] = out
+    for name in ("crop", "synth_000", "synth_001"):
+        keras_p = tifffile.imread(outputs["keras"] / f"{name}_probabilities.tif")
+        onnx_p = tifffile.imread(outputs["onnx"] / f"{name}_probabilities.tif")
+        np.testing.assert_allclose(onnx_p, keras_p, atol=1e-4)
+
+
+def test_onnx_engine_gives_the_keras_denoising_with_tta(
+    denoise_run: Path, noisy_folder: Path, tmp_path: Path
+) -> None:
+    for engine in ("keras", "onnx"):
+        argv = [
+            str(denoise_run),
+            str(noisy_folder),
+            "--out",
+            str(tmp_path / engine),
+            "--engine",
+            engine,
+            "--tta",
+        ]
+        assert main(argv) == 0
+    for name in ("plain", "stack", "wide"):
+        expected = tifffile.imread(tmp_path / "keras" / f"{name}_denoised.tif")
+        got = tifffile.imread(tmp_path / "onnx" / f"{name}_denoised.tif")
+        scale = float(np.abs(expected).max())
+        np.testing.assert_allclose(got, expected, atol=1e-4 * scale)

@@ -205,13 +205,16 @@ def _build_model(config: DenoiseConfig, channels: int) -> keras.Model:
     return model
 
 
-def denoise_image(model: keras.Model, image: np.ndarray, *, stats: dict, config: DenoiseConfig) -> np.ndarray:
-    """Denoise a (Y, X, C) image in its original intensities; returns float32 in the same intensities."""
+def denoise_image(
+    model: keras.Model, image: np.ndarray, *, stats: dict, config: DenoiseConfig, runner=None
+) -> np.ndarray:
+    """Denoise a (Y, X, C) image in its original intensities; returns float32 in the same intensities.
+    `runner` (default: the model) predicts the tiles, e.g. an onnxruntime predictor of `training.engines`."""
     geometry = model_geometry(model)
 
     def predict(normalized: np.ndarray) -> np.ndarray:
         return tiled_predict(
-            model,
+            runner or model,
             normalized,
             step=geometry.step,
             halo=geometry.halo,

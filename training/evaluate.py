@@ -11,7 +11,7 @@ from training.config import SegmentConfig
 from training.data import Sample
 from training.metrics import confusion_matrix, evaluate_instances, iou_from_confusion
 from training.targets import CLASS_NAMES, classes_to_instances
-from training.tiling import tiled_predict
+from training.tiling import Predictor, tiled_predict
 from zoo import Geometry
 
 POSTPROCESSING_KEYS = ("interior_threshold", "foreground_threshold", "min_object_size")
@@ -66,9 +66,10 @@ def tune_postprocessing(
 
 
 def predict_segmentation(
-    model: keras.Model, image: np.ndarray, *, geometry: Geometry, config: SegmentConfig
+    model: Predictor, image: np.ndarray, *, geometry: Geometry, config: SegmentConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (Y, X, 3) and instance labels (Y, X) of a normalised (Y, X, C) image."""
+    """Class probabilities (Y, X, 3) and instance labels (Y, X) of a normalised (Y, X, C) image; `model`
+    is a Keras model or a batch predictor of `training.engines`."""
     probabilities = tiled_predict(
         model,
         image,

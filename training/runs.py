@@ -44,7 +44,12 @@ SAMPLE_SIZE = 256
 # Options that may change when a run is resumed: they extend or stop the run, not change what it learns.
 RESUMABLE_OVERRIDES = frozenset({"epochs", "early_stopping_patience", "out_dir", "export"})
 PACKAGE_FILE = "package.zip"
-_WRITE_FAILURES = ("No space left on device", "Read-only file system", "Permission denied", "Disk quota exceeded")
+_WRITE_FAILURES = (
+    "No space left on device",
+    "Read-only file system",
+    "Permission denied",
+    "Disk quota exceeded",
+)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -240,7 +245,9 @@ def fit(
         reason = next((r for r in _WRITE_FAILURES if r in error.message), None)
         if reason is None:
             raise
-        raise UserInputError(f"{run_dir / 'tensorboard'}: cannot write the TensorBoard logs ({reason})") from None
+        raise UserInputError(
+            f"{run_dir / 'tensorboard'}: cannot write the TensorBoard logs ({reason})"
+        ) from None
     if interrupt.stopped_after is not None:
         print(
             f"stopped after epoch {interrupt.stopped_after} of {config.epochs}; its checkpoint is "

@@ -35,14 +35,23 @@ def mirror_border(image: np.ndarray, border: int) -> np.ndarray:
     return np.pad(image, ((border, border), (border, border), (0, 0)), mode="symmetric")
 
 
-def predict_whole(model: keras.Model, image: np.ndarray, *, step: int, border: int = 0) -> np.ndarray:
+Predictor = keras.Model | Callable[[np.ndarray], np.ndarray]
+
+
+def _batch_predictor(model: Predictor) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from a (B, Y, X, C) batch to the model's output: a Keras model's `predict_on_batch`, or
+    any such function (an onnxruntime session, see `training.engines`)."""
+    return model.predict_on_batch if isinstance(model, keras.Model) else model
+
+
+def predict_whole(model: Predictor, image: np.ndarray, *, step: int, border: int = 0) -> np.ndarray:
     """Predict a (Y, X, C) image in one piece, after mirroring `border` pixels around it; returns
     (Y, X, K) float32."""
     if border:
         output = predict_whole(model, mirror_border(image, border), step=step)
         return output[border : border + image.shape[0], border : border + image.shape[1]]
     padded = pad_to_step(image, step)
-    output = np.asarray(model.predict_on_batch(padded[np.newaxis]), dtype=np.float32)[0]
+    output = np.asarray(_batch_predictor(model)(padded[np.newaxis]), dtype=np.float32)[0]
     return output[: image.shape[0], : image.shape[1]]
 
 
@@ -59,7 +68,7 @@ def _axis_tiles(length: int, tile: int, core: int, halo: int) -> list[tuple[int,
 
 
 def tiled_predict(
-    model: keras.Model,
+    model: Predictor,
     image: np.ndarray,
     *,
     step: int,
@@ -99,12 +108,13 @@ def tiled_predict(
     if len(rows) == 1 and len(cols) == 1:
         return predict_whole(model, image, step=step)
 
+    predict_batch = _batch_predictor(model)
     output = None
     windows = [(r, c) for r in rows for c in cols]
     for first in range(0, len(windows), batch_size):
         chunk = windows[first : first + batch_size]
         batch = np.stack([padded[r[0] : r[1], c[0] : c[1]] for r, c in chunk])
-        predictions = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+        predictions = np.asarray(predict_batch(batch), dtype=np.float32)
         if output is None:
             output = np.zeros(padded.shape[:2] + predictions.shape[-1:], dtype=np.float32)
         for (r, c), prediction in zip(chunk, predictions, strict=True):
