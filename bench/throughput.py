@@ -1,0 +1,198 @@
+"""Training and prediction throughput at the standard sizes, as fractions of this machine's ceiling.
+
+    python bench/throughput.py [--precisions float32 mixed_bfloat16] [--skip-training]
+
+1. Ceiling: a 4096 x 4096 matrix product in TensorFlow at each precision (float32; bfloat16 for
+   mixed_bfloat16), the most arithmetic this machine delivers per second to a dense kernel.
+2. Training: the project's own command lines (`python -m training.denoise` / `training.segment`) at the
+   standard sizes, N2V (depth 2, 32 filters, batch 64, 64 x 64 patches) and U-Net (depth 4, 32 filters,
+   batch 8, 256 x 256 patches), for a few short epochs; the median step time of the epochs after the
+   first (`step_ms` of history.csv, input waits included). Work per step: three forward passes'
+   worth of convolution FLOPs (forward, and the two products of the backward pass; `zoo.flops`).
+3. Prediction: a 2048 x 2048 image, tiled as `training.predict` does (512-pixel tiles, batches of 4,
+   the halo mirrored around the image), through Keras and through onnxruntime (`--engine onnx`); the
+   median of three runs after a warm-up. Work: one forward pass over the image (overlaps not counted).
+
+Prints a table and writes bench/results/throughput.json. Peers are in `bench/peers.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STANDARD = {
+    "n2v": {"task": "denoise", "depth": 2, "base_filters": 32, "batch": 64, "patch": 64, "steps": 10},
+    "unet": {"task": "segment", "depth": 4, "base_filters": 32, "batch": 8, "patch": 256, "steps": 4},
+}
+PREDICT_SIDE = 2048
+
+
+def ceiling(precision: str, side: int = 4096, repeats: int = 5) -> float:
+    """FLOP/s of a side x side matrix product at the compute dtype of `precision`."""
+    import tensorflow as tf
+
+    dtype = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32
+    a = tf.random.normal((side, side), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    product = tf.function(lambda x: tf.matmul(x, x))
+    product(a).numpy()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a).numpy()
+        times.append(time.perf_counter() - start)
+    return 2 * side**3 / statistics.median(times)
+
+
+def _history_step_ms(run_dir: Path) -> float:
+    with (run_dir / "history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    return statistics.median(float(r["step_ms"]) for r in rows[1:])  # the first epoch traces the graph
+
+
+def training_step(name: str, precision: str, scratch: Path) -> dict:
+    spec = STANDARD[name]
+    run = f"{name}-{precision}"
+    flags = [
+        "--out-dir", str(scratch), "--run-name", run, "--no-export",
+        "--depth", str(spec["depth"]), "--base-filters", str(spec["base_filters"]),
+        "--batch-size", str(spec["batch"]), "--patch-size", str(spec["patch"]),
+        "--epochs", "4", "--steps-per-epoch", str(spec["steps"]), "--val-patches", "8",
+        "--precision", precision,
+    ]  # fmt: skip
+    if spec["task"] == "segment":
+        flags += ["--synthetic-images", "12", "--no-tune-thresholds", "--lr-schedule", "constant"]
+    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-m", f"training.{spec['task']}", *flags],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"{name} {precision} failed:\n{result.stderr[-2000:]}")
+    step = _history_step_ms(scratch / run) / 1000
+    return {"step_s": step, "patches_per_s": spec["batch"] / step}
+
+
+def prediction_speed(name: str, engine: str) -> float:
+    """Seconds to predict a 2048 x 2048 image (median of three after a warm-up)."""
+    import zoo
+    from training.engines import predictor
+    from training.tiling import tiled_predict
+
+    spec = STANDARD[name]
+    model = zoo.build_model(name, depth=spec["depth"], base_filters=spec["base_filters"])
+    geometry = zoo.model_geometry(model)
+    runner = predictor(model, engine)
+    image = np.random.default_rng(0).normal(size=(PREDICT_SIDE, PREDICT_SIDE, 1)).astype(np.float32)
+
+    def once() -> float:
+        start = time.perf_counter()
+        tiled_predict(
+            runner, image, step=geometry.step, halo=geometry.halo, tile_size=512, border=geometry.border
+        )
+        return time.perf_counter() - start
+
+    once()
+    return statistics.median(once() for _ in range(3))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    import zoo
+    from zoo.flops import conv_flops
+
+    keras.utils.disable_interactive_logging()
+    result: dict = {
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "ceiling_gflops": {},
+        "training": {},
+        "prediction": {},
+    }
+    for precision in args.precisions:
+        result["ceiling_gflops"][precision] = ceiling(precision) / 1e9
+    flops = {
+        name: conv_flops(
+            zoo.build_model(name, depth=s["depth"], base_filters=s["base_filters"]), s["patch"], s["patch"]
+        )
+        for name, s in STANDARD.items()
+    }
+    lines = [
+        "| model | precision | step (s) | patches/s | GFLOP/s | of ceiling |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    if not args.skip_training:
+        with tempfile.TemporaryDirectory() as scratch:
+            for name, spec in STANDARD.items():
+                for precision in args.precisions:
+                    measured = training_step(name, precision, Path(scratch))
+                    achieved = 3 * flops[name] * spec["batch"] / measured["step_s"] / 1e9
+                    measured |= {
+                        "gflops": achieved,
+                        "fraction_of_ceiling": achieved / result["ceiling_gflops"][precision],
+                    }
+                    result["training"][f"{name}/{precision}"] = measured
+                    lines.append(
+                        f"| {name} (batch {spec['batch']}, {spec['patch']}^2) | {precision} | "
+                        f"{measured['step_s']:.3f} | {measured['patches_per_s']:.1f} | {achieved:.1f} | "
+                        f"{measured['fraction_of_ceiling']:.1%} |"
+                    )
+    lines += ["", "| model | engine | 2048^2 (s) | megapixels/s | GFLOP/s | of float32 ceiling |"]
+    lines += ["| --- | --- | --- | --- | --- | --- |"]
+    for name, spec in STANDARD.items():
+        model = zoo.build_model(name, depth=spec["depth"], base_filters=spec["base_filters"])
+        work = conv_flops(model, PREDICT_SIDE, PREDICT_SIDE)
+        for engine in ("keras", "onnx"):
+            seconds = prediction_speed(name, engine)
+            achieved = work / seconds / 1e9
+            result["prediction"][f"{name}/{engine}"] = {
+                "seconds": seconds,
+                "megapixels_per_s": PREDICT_SIDE**2 / 1e6 / seconds,
+                "gflops": achieved,
+                "fraction_of_ceiling": achieved / result["ceiling_gflops"]["float32"],
+            }
+            lines.append(
+                f"| {name} | {engine} | {seconds:.2f} | {PREDICT_SIDE**2 / 1e6 / seconds:.2f} | "
+                f"{achieved:.1f} | {achieved / result['ceiling_gflops']['float32']:.1%} |"
+            )
+    print(
+        "ceiling (4096^2 matmul): "
+        + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in result["ceiling_gflops"].items())
+    )
+    print("\n".join(lines))
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {results / 'throughput.json'}")
+
+
+if __name__ == "__main__":
+    main()
