@@ -11,38 +11,22 @@ and the denoised image, and the time to predict a 2048 x 2048 image (the faster 
 with CAREamics' default overlap of 48).
 """
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import tifffile
+from worker_common import budget_arguments, large_image, quality
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--noisy", type=Path, required=True)
-    parser.add_argument("--clean", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    for name, default in (
-        ("epochs", 10),
-        ("steps-per-epoch", 50),
-        ("batch-size", 64),
-        ("patch-size", 64),
-        ("depth", 2),
-        ("base-filters", 32),
-        ("seed", 0),
-    ):
-        parser.add_argument(f"--{name}", type=int, default=default)
-    args = parser.parse_args()
+    args = budget_arguments()
 
     import careamics
     import torch
     from careamics import CAREamist
     from careamics.config import create_advanced_n2v_config
     from pytorch_lightning.callbacks import Callback
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     noisy = tifffile.imread(args.noisy).astype(np.float32)
     clean = tifffile.imread(args.clean).astype(np.float32)
@@ -84,8 +68,7 @@ def main() -> None:
         return np.squeeze(np.asarray(prediction[0], np.float32))
 
     denoised = predict(noisy, 256)
-    side = 2048
-    big = np.tile(noisy, (side // noisy.shape[0] + 1, side // noisy.shape[1] + 1))[:side, :side]
+    big = large_image(noisy)
     predict_seconds = {}
     for tile in (256, 512):
         predict(noisy, tile)  # warm-up at this tile size
@@ -93,22 +76,14 @@ def main() -> None:
         predict(big, tile)
         predict_seconds[str(tile)] = time.perf_counter() - begin
 
-    data_range = float(clean.max() - clean.min())
-
-    def quality(image):
-        return {
-            "psnr": float(peak_signal_noise_ratio(clean, image, data_range=data_range)),
-            "ssim": float(structural_similarity(clean, image, data_range=data_range)),
-        }
-
     result = {
         "implementation": f"CAREamics {careamics.__version__} (PyTorch {torch.__version__})",
         "step_ms_median": 1000.0 * float(np.median(steps)),
         "steps": len(steps),
         "train_seconds": train_seconds,
-        "noisy": quality(noisy),
-        "denoised": quality(denoised),
-        "denoised_tta": quality(denoised),  # CAREamics' predict has no test-time augmentation
+        "noisy": quality(clean, noisy),
+        "denoised": quality(clean, denoised),
+        "denoised_tta": quality(clean, denoised),  # CAREamics' predict has no test-time augmentation
         "predict_2048_seconds": min(predict_seconds.values()),
         "predict_2048_seconds_by_tile": predict_seconds,
     }

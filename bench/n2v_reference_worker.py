@@ -10,36 +10,20 @@ its best-validation weights for prediction). Writes `DIR/result.json`: median st
 wall time, PSNR and SSIM of the noisy and the denoised image against the clean one.
 """
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import tifffile
+from worker_common import budget_arguments, large_image, quality
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--noisy", type=Path, required=True)
-    parser.add_argument("--clean", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    for name, default in (
-        ("epochs", 10),
-        ("steps-per-epoch", 50),
-        ("batch-size", 64),
-        ("patch-size", 64),
-        ("depth", 2),
-        ("base-filters", 32),
-        ("seed", 0),
-    ):
-        parser.add_argument(f"--{name}", type=int, default=default)
-    args = parser.parse_args()
+    args = budget_arguments()
 
     import tensorflow as tf
     from n2v.internals.N2V_DataGenerator import N2V_DataGenerator
     from n2v.models import N2V, N2VConfig
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     np.random.seed(args.seed)  # noqa: NPY002 (n2v draws its patches and masks from the global state)
     tf.random.set_seed(args.seed)
@@ -88,8 +72,7 @@ def main() -> None:
 
     # Prediction speed on a 2048 x 2048 image (the noisy image tiled), after a warm-up; n2v tiles with
     # CSBDeep's `n_tiles`, and the faster of two settings counts.
-    side = 2048
-    big = np.tile(noisy, (side // noisy.shape[0] + 1, side // noisy.shape[1] + 1))[:side, :side]
+    big = large_image(noisy)
     model.predict(noisy, axes="YX", n_tiles=(2, 2))
     predict_seconds = {}
     for tiles in ((2, 2), (4, 4)):
@@ -97,22 +80,14 @@ def main() -> None:
         model.predict(big, axes="YX", n_tiles=tiles)
         predict_seconds[f"{tiles[0]}x{tiles[1]}"] = time.perf_counter() - start
 
-    data_range = float(clean.max() - clean.min())
-
-    def quality(image):
-        return {
-            "psnr": float(peak_signal_noise_ratio(clean, image, data_range=data_range)),
-            "ssim": float(structural_similarity(clean, image, data_range=data_range)),
-        }
-
     result = {
         "implementation": f"n2v 0.3.3 (TensorFlow {tf.__version__})",
         "step_ms_median": 1000.0 * float(np.median(steps)),
         "steps": len(steps),
         "train_seconds": train_seconds,
-        "noisy": quality(noisy),
-        "denoised": quality(denoised.astype(np.float32)),
-        "denoised_tta": quality(denoised_tta.astype(np.float32)),
+        "noisy": quality(clean, noisy),
+        "denoised": quality(clean, denoised.astype(np.float32)),
+        "denoised_tta": quality(clean, denoised_tta.astype(np.float32)),
         "predict_2048_seconds": min(predict_seconds.values()),
         "predict_2048_seconds_by_tiles": predict_seconds,
     }

@@ -34,7 +34,7 @@ from training.runs import (
     write_json,
     write_sample,
 )
-from training.tiling import predict_tta, tiled_predict
+from training.tiling import predict_tta, predict_with_geometry
 from zoo import build_model, model_geometry
 
 NORMALIZATION_FILE = "normalization.json"
@@ -213,14 +213,7 @@ def denoise_image(
     geometry = model_geometry(model)
 
     def predict(normalized: np.ndarray) -> np.ndarray:
-        return tiled_predict(
-            runner or model,
-            normalized,
-            step=geometry.step,
-            halo=geometry.halo,
-            tile_size=config.tile_size,
-            border=geometry.border,
-        )
+        return predict_with_geometry(runner or model, normalized, geometry, tile_size=config.tile_size)
 
     normalized = _normalize(image, stats)
     output = predict_tta(predict, normalized) if config.tta else predict(normalized)

@@ -11,7 +11,7 @@ from training.config import SegmentConfig
 from training.data import Sample
 from training.metrics import confusion_matrix, evaluate_instances, iou_from_confusion
 from training.targets import CLASS_NAMES, classes_to_instances
-from training.tiling import Predictor, tiled_predict
+from training.tiling import Predictor, predict_with_geometry
 from zoo import Geometry
 
 POSTPROCESSING_KEYS = ("interior_threshold", "foreground_threshold", "min_object_size")
@@ -70,14 +70,7 @@ def predict_segmentation(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (Y, X, 3) and instance labels (Y, X) of a normalised (Y, X, C) image; `model`
     is a Keras model or a batch predictor of `training.engines`."""
-    probabilities = tiled_predict(
-        model,
-        image,
-        step=geometry.step,
-        halo=geometry.halo,
-        tile_size=config.tile_size,
-        border=geometry.border,
-    )
+    probabilities = predict_with_geometry(model, image, geometry, tile_size=config.tile_size)
     instances = classes_to_instances(
         probabilities,
         interior_threshold=config.interior_threshold,

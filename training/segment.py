@@ -37,7 +37,7 @@ from training.runs import (
 )
 from training.synthetic import write_synthetic_dataset
 from training.targets import CLASS_NAMES
-from training.tiling import tiled_predict
+from training.tiling import predict_with_geometry
 from zoo import build_model, model_geometry
 
 SPLIT_FILE = "split.json"
@@ -191,15 +191,7 @@ def _train(config: SegmentConfig, samples: dict[str, list[Sample]], run_dir: Pat
     geometry = model_geometry(best)
     if config.tune_thresholds and samples["val"]:
         probabilities = [
-            tiled_predict(
-                best,
-                s.image,
-                step=geometry.step,
-                halo=geometry.halo,
-                tile_size=config.tile_size,
-                border=geometry.border,
-            )
-            for s in samples["val"]
+            predict_with_geometry(best, s.image, geometry, tile_size=config.tile_size) for s in samples["val"]
         ]
         labels = [s.labels for s in samples["val"]]
         tuned = tune_postprocessing(probabilities, labels, config=config)

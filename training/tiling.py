@@ -19,6 +19,8 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+from zoo import Geometry
+
 
 def pad_to_step(image: np.ndarray, step: int) -> np.ndarray:
     """Mirror-pad a (Y, X, C) image at the bottom and right to a multiple of `step`."""
@@ -55,14 +57,22 @@ def predict_whole(model: Predictor, image: np.ndarray, *, step: int, border: int
     return output[: image.shape[0], : image.shape[1]]
 
 
-def _axis_tiles(length: int, tile: int, core: int, halo: int) -> list[tuple[int, int, int, int]]:
-    """(input start, input stop, core start, core stop) along one axis, all multiples of the step."""
-    if length <= tile:
+def _axis_tiles(length: int, max_tile: int, halo: int, step: int) -> list[tuple[int, int, int, int]]:
+    """(input start, input stop, core start, core stop) of each tile along one axis.
+
+    As few tiles as fit in `max_tile`, then the smallest tile size (a multiple of `step`) with which that
+    many cover the axis: the overlap computed twice is as small as it can be. Starts are multiples of the
+    step; the cores partition the axis and keep `halo` pixels from every tile edge inside the image.
+    """
+    if length <= max_tile:
         return [(0, length, 0, length)]
+    count = math.ceil((length - 2 * halo) / (max_tile - 2 * halo))
+    tile = min(math.ceil((length + 2 * halo * (count - 1)) / count / step) * step, max_tile)
+    starts = sorted({min(i * (tile - 2 * halo), length - tile) for i in range(count)})
     tiles = []
-    for core_start in range(0, length, core):
-        core_stop = min(core_start + core, length)
-        start = min(max(core_start - halo, 0), length - tile)
+    for i, start in enumerate(starts):
+        core_start = 0 if i == 0 else start + halo
+        core_stop = length if i == len(starts) - 1 else starts[i + 1] + halo
         tiles.append((start, start + tile, core_start, core_stop))
     return tiles
 
@@ -84,8 +94,9 @@ def tiled_predict(
         image: the image, already normalised as the model expects.
         step: the model's size step (input sizes must be multiples of it).
         halo: context each output pixel needs on each side (see `zoo.model_geometry`).
-        tile_size: side of the tiles fed to the model (rounded up to a multiple of `step` and to more than
-            twice the aligned halo); an image that fits in one tile is predicted whole.
+        tile_size: largest side of the tiles fed to the model (rounded up to a multiple of `step` and to
+            more than twice the aligned halo); the tiles are made as small as their number allows, and an
+            image that fits in one tile is predicted whole.
         batch_size: tiles per model call.
         border: pixels mirrored around the image before prediction (see the module doc).
     """
@@ -101,10 +112,9 @@ def tiled_predict(
         return output[border : border + image.shape[0], border : border + image.shape[1]]
     halo = math.ceil(halo / step) * step
     tile = max(math.ceil(tile_size / step) * step, 2 * halo + step)
-    core = tile - 2 * halo
     padded = pad_to_step(image, step)
-    rows = _axis_tiles(padded.shape[0], tile, core, halo)
-    cols = _axis_tiles(padded.shape[1], tile, core, halo)
+    rows = _axis_tiles(padded.shape[0], tile, halo, step)
+    cols = _axis_tiles(padded.shape[1], tile, halo, step)
     if len(rows) == 1 and len(cols) == 1:
         return predict_whole(model, image, step=step)
 
@@ -122,6 +132,21 @@ def tiled_predict(
                 r[2] - r[0] : r[3] - r[0], c[2] - c[0] : c[3] - c[0]
             ]
     return output[: image.shape[0], : image.shape[1]]
+
+
+def predict_with_geometry(
+    model: Predictor, image: np.ndarray, geometry: Geometry, *, tile_size: int, batch_size: int = 4
+) -> np.ndarray:
+    """`tiled_predict` with a model's step, halo and mirrored border (`zoo.model_geometry`)."""
+    return tiled_predict(
+        model,
+        image,
+        step=geometry.step,
+        halo=geometry.halo,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        border=geometry.border,
+    )
 
 
 def predict_tta(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> np.ndarray:

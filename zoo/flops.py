@@ -13,25 +13,15 @@ from __future__ import annotations
 
 import keras
 
-from zoo.receptive_field import Footprint, _layer_footprint
+from zoo.receptive_field import walk
 
 
 def conv_flops(model: keras.Model, height: int, width: int) -> int:
     """Operations of one forward pass of a (height, width) input (batch 1), counting convolutions."""
-    footprints: dict[int, Footprint] = {}
     total = 0.0
-    for operation in model.operations:
-        for node in operation._inbound_nodes:
-            if isinstance(operation, keras.layers.InputLayer):
-                result = Footprint(1.0, 0.0, 0.0)
-            else:
-                inputs = [footprints[id(t)] for t in node.input_tensors if id(t) in footprints]
-                if not inputs:
-                    continue
-                result = _layer_footprint(operation, inputs)
-                total += _layer_flops(operation, node, inputs[0].scale, result.scale, height, width)
-            for tensor in node.output_tensors:
-                footprints[id(tensor)] = result
+    for layer, node, inputs, result in walk(model):
+        if inputs:
+            total += _layer_flops(layer, node, inputs[0].scale, result.scale, height, width)
     return round(total)
 
 

@@ -137,24 +137,33 @@ def _upsample(fp: Footprint, factor: int) -> Footprint:
     return Footprint(scale, fp.low - (factor - 1) * scale, fp.high)
 
 
-def model_geometry(model: keras.Model) -> Geometry:
-    """Step, receptive field and halo of a single-input, single-output functional model."""
+def walk(model: keras.Model):
+    """Yield `(layer, node, input footprints, output footprint)` for every call of a layer in the
+    functional graph of `model`, in order (the input layer's call has no input footprints)."""
     footprints: dict[int, Footprint] = {}
-    max_scale = 1.0
     for operation in model.operations:
         for node in operation._inbound_nodes:
             if isinstance(operation, keras.layers.InputLayer):
-                result = Footprint(1.0, 0.0, 0.0)
+                inputs, result = [], Footprint(1.0, 0.0, 0.0)
             else:
                 inputs = [footprints[id(t)] for t in node.input_tensors if id(t) in footprints]
                 if not inputs:
                     continue  # a node of this layer that belongs to another model
                 result = _layer_footprint(operation, inputs)
-            max_scale = max(max_scale, result.scale)
             for tensor in node.output_tensors:
                 footprints[id(tensor)] = result
+            yield operation, node, inputs, result
+
+
+def model_geometry(model: keras.Model) -> Geometry:
+    """Step, receptive field and halo of a single-input, single-output functional model."""
+    max_scale = 1.0
+    final = None
     (output,) = model.outputs
-    final = footprints[id(output)]
+    for _, node, _, result in walk(model):
+        max_scale = max(max_scale, result.scale)
+        if any(t is output for t in node.output_tensors):
+            final = result
     if final.scale != 1.0:
         raise ValueError(f"model {model.name!r} output is at scale {final.scale}, not the input's")
     halo = math.ceil(max(-final.low, final.high))
