@@ -9,11 +9,13 @@
    batch 8, 256 x 256 patches), for a few short epochs; the median step time of the epochs after the
    first (`step_ms` of history.csv, input waits included). Work per step: three forward passes'
    worth of convolution FLOPs (forward, and the two products of the backward pass; `zoo.flops`).
-3. Prediction: a 2048 x 2048 image, tiled as `training.predict` does (512-pixel tiles, batches of 4,
-   the halo mirrored around the image), through Keras and through onnxruntime (`--engine onnx`); the
-   median of three runs after a warm-up. Work: one forward pass over the image (overlaps not counted).
+3. Prediction: a 2048 x 2048 image, tiled as `training.predict` does (tiles of at most 512 pixels or
+   8 halos, batches of 4, the halo mirrored around the image), through Keras and through onnxruntime
+   (`--engine onnx`); the median of three runs after a warm-up. Work: one forward pass over the image
+   (overlaps not counted).
 
-Prints a table and writes bench/results/throughput.json. Peers are in `bench/peers.py`.
+Prints a table and writes bench/results/throughput.json. The peers (juglab n2v, CAREamics) are in
+`bench/n2v_compare.py`.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def prediction_speed(name: str, engine: str) -> float:
     """Seconds to predict a 2048 x 2048 image (median of three after a warm-up)."""
     import zoo
     from training.engines import predictor
-    from training.tiling import tiled_predict
+    from training.tiling import predict_with_geometry
 
     spec = STANDARD[name]
     model = zoo.build_model(name, depth=spec["depth"], base_filters=spec["base_filters"])
@@ -105,9 +107,7 @@ def prediction_speed(name: str, engine: str) -> float:
 
     def once() -> float:
         start = time.perf_counter()
-        tiled_predict(
-            runner, image, step=geometry.step, halo=geometry.halo, tile_size=512, border=geometry.border
-        )
+        predict_with_geometry(runner, image, geometry, tile_size=512)
         return time.perf_counter() - start
 
     once()
