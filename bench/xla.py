@@ -11,14 +11,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import zoo  # noqa: E402
-from training.config import DenoiseConfig  # noqa: E402
-from training.denoise import _masking  # noqa: E402
-from training.masking import MaskedLoss  # noqa: E402
+import zoo
+from training.config import DenoiseConfig
+from training.denoise import _masking
+from training.masking import MaskedLoss
 
 
 def main(precision: str = "float32") -> None:
