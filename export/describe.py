@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from export.processing import Operation, apply, postprocessing, preprocessing
+from export.processing import apply, postprocessing, preprocessing
 from export.run_folder import Run
 
 # Written as the format version: the last one in which documentation and covers may be plain strings.
@@ -155,7 +155,3 @@ def cover(run: Run, raw: np.ndarray, output: np.ndarray) -> np.ndarray:
 
 def write_image(path: Path, image: np.ndarray) -> None:
     iio.imwrite(path, image)
-
-
-def operations_yaml(operations: list[Operation]) -> list[dict]:
-    return [{"id": op.id, "kwargs": op.kwargs} for op in operations]

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -284,6 +286,25 @@ def run_checks(package: Path) -> tuple[bool, str]:
     return result.returncode == 0, report
 
 
+@contextmanager
+def _atomic_package(out: Path) -> Iterator[Path]:
+    """A temporary zip beside `out`, renamed onto it when the block ends without an error; removed
+    otherwise. A failed write (disk full, read-only folder) is a one-line `ExportError`."""
+    tmp = None
+    try:
+        handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+        os.close(handle)
+        tmp = Path(name)
+        yield tmp
+        tmp.chmod(0o644)
+        os.replace(tmp, out)
+    except OSError as error:
+        raise ExportError(f"{out}: cannot write it ({error.strerror or error})") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
 def export_run(
     run_dir: Path,
     out: Path,
@@ -303,27 +324,11 @@ def export_run(
         staging.mkdir()
         rdf = build_description(run, staging, metadata)
         write_yaml(rdf, staging / RDF_FILE)
-        try:
-            handle_fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
-        except OSError as error:
-            raise ExportError(f"{out}: cannot write it ({error.strerror or error})") from None
-        os.close(handle_fd)
-        tmp = Path(tmp_name)
-        try:
-            try:
-                zip_folder(staging, tmp)
-            except OSError as error:
-                raise ExportError(f"{out}: cannot write it ({error.strerror or error})") from None
+        with _atomic_package(out) as tmp:
+            zip_folder(staging, tmp)
             passed, report = run_checks(tmp)
             print(report.replace(str(tmp), str(out)))
             if not passed:
                 raise ExportError(f"{out}: not written, the package failed the checks above")
-            tmp.chmod(0o644)
-            try:
-                os.replace(tmp, out)
-            except OSError as error:
-                raise ExportError(f"{out}: cannot write it ({error.strerror or error})") from None
-        finally:
-            tmp.unlink(missing_ok=True)
     print(f"package: {out}")
     return out

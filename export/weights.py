@@ -13,11 +13,12 @@ from pathlib import Path
 
 import keras
 
+from export.check import ONNX_MAX_IR_VERSION
 from export.errors import ExportError
 
-# Opset 15 and IR version 8 run on onnxruntime 1.10 to 1.13, the engines that deepImageJ's JDLL ships.
+# Opset 15 and IR version 8 (the most `export.check` accepts) run on onnxruntime 1.10 to 1.13, the
+# engines that deepImageJ's JDLL ships.
 ONNX_OPSET = 15
-ONNX_MAX_IR_VERSION = 8
 # Dimension names of the dynamic ONNX axes (b, y, x; the channel count is fixed).
 ONNX_DYNAMIC_AXES = ("batch", "y", "x")
 

@@ -13,9 +13,7 @@ import csv
 import io
 import json
 import math
-import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +23,7 @@ import keras
 import numpy as np
 
 from training.config import TrainingConfig
-from training.errors import UserInputError
+from training.files import atomic_target, write_atomic
 
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
@@ -51,54 +49,16 @@ _TEMPORARY_PREFIXES = tuple(
 )
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def cannot_write(path: Path, error: OSError) -> UserInputError:
-    """The one-line error for a write that failed (disk full, read-only folder, no permission)."""
-    return UserInputError(
-        f"{path}: cannot write it ({error.strerror or error}); any earlier version of it is unchanged"
-    )
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file through a temporary file in the same folder and an atomic rename. A failed write
-    (disk full, read-only folder) leaves no temporary file and the old file unchanged."""
-    payload = data.encode() if isinstance(data, str) else data
-    try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-            try:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-                # NamedTemporaryFile creates 0600; give the file the permissions a plain open() would.
-                os.fchmod(handle.fileno(), 0o666 & ~_umask())
-            except BaseException:
-                os.unlink(handle.name)
-                raise
-        os.replace(handle.name, path)
-    except OSError as error:
-        raise cannot_write(path, error) from None
-
-
 def save_model_atomic(model: keras.Model, path: Path) -> None:
-    """Save a `.keras` file through a temporary `.keras` name (Keras insists on the suffix) and a rename."""
-    tmp = path.with_name(f".{path.stem}.partial.keras")
-    try:
+    """Save a `.keras` file through `atomic_target` (a temporary name ending in `.partial.keras`: Keras
+    insists on the suffix)."""
+    with atomic_target(path, suffix=".partial.keras") as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    except OSError as error:
-        raise cannot_write(path, error) from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Remove the temporary files that a killed process left in a run folder: the hidden names that
-    `write_atomic` (`.NAME.<random>`) and `save_model_atomic` (`.STEM.partial.keras`) write first."""
+    `write_atomic` (`.NAME.<random>`) and `save_model_atomic` (`... .partial.keras`) write first."""
     stale = [
         path
         for path in run_dir.iterdir()

@@ -6,8 +6,6 @@ is (Y, X, C) float32. Every problem is a `UserInputError` whose message names th
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -15,6 +13,7 @@ import numpy as np
 import tifffile
 
 from training.errors import UserInputError
+from training.files import atomic_target
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 MAX_CHANNELS = 4
@@ -153,20 +152,6 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def write_tiff_atomic(path: Path, array: np.ndarray, **kwargs) -> None:
-    """Write a TIFF through a temporary file in the same folder, so a reader never sees half a file.
-    A failed write (disk full, read-only folder) leaves no temporary file and the old file unchanged."""
-    tmp = None
-    try:
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-        ) as handle:
-            tmp = Path(handle.name)
+    """Write a TIFF through `training.files.atomic_target`, so a reader never sees half a file."""
+    with atomic_target(path, suffix=".tmp") as tmp:
         tifffile.imwrite(tmp, array, **kwargs)
-        os.replace(tmp, path)
-    except OSError as error:
-        raise UserInputError(
-            f"{path}: cannot write it ({error.strerror or error}); any earlier version of it is unchanged"
-        ) from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
