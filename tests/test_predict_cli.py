@@ -429,3 +429,43 @@ def test_onnx_engine_gives_the_keras_denoising_with_tta(
         got = tifffile.imread(tmp_path / "onnx" / f"{name}_denoised.tif")
         scale = float(np.abs(expected).max())
         np.testing.assert_allclose(got, expected, atol=1e-4 * scale)
+
+
+# === bfloat16 prediction ===
+
+
+def test_bfloat16_denoising_stays_close_to_float32(
+    denoise_run: Path, noisy_folder: Path, tmp_path: Path
+) -> None:
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / precision
+        assert main([str(denoise_run), str(noisy_folder), "--out", str(out), "--precision", precision]) == 0
+    for name in ("plain", "stack", "wide"):
+        full = tifffile.imread(tmp_path / "float32" / f"{name}_denoised.tif")
+        reduced = tifffile.imread(tmp_path / "bfloat16" / f"{name}_denoised.tif")
+        assert reduced.shape == full.shape and reduced.dtype == full.dtype
+        difference = float(np.sqrt(np.mean((reduced - full) ** 2)))
+        # Computed differently (not a copy of the float32 output), yet far below the image's own spread.
+        assert 0 < difference < 0.02 * float(np.std(full))
+
+
+def test_bfloat16_with_the_onnx_engine_is_refused(
+    denoise_run: Path, noisy_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = [
+        str(denoise_run),
+        str(noisy_folder),
+        "--out",
+        str(out),
+        "--engine",
+        "onnx",
+        "--precision",
+        "bfloat16",
+    ]
+
+    assert main(argv) == 2
+
+    (error,) = _error_lines(capsys)
+    assert "--precision bfloat16" in error and "--engine keras" in error
+    assert not out.exists()

@@ -19,6 +19,7 @@ import tifffile
 from training.callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT, PeriodicCheckpoint
 from training.config import DenoiseConfig
 from training.device import make_strategy, set_precision
+from training.engines import inference_model
 from training.errors import UserInputError
 from training.images import list_images, read_image_slices, write_tiff_atomic
 from training.masking import MaskedLoss, blind_spot_mask
@@ -324,11 +325,13 @@ def _train_and_denoise(
 
     checkpoint = run_dir / DEFAULT_CHECKPOINT
     final = keras.models.load_model(checkpoint, compile=False)
+    # Evaluated as packages and `training.predict` compute: in float32, batch norm folded.
+    runner = inference_model(final)
     out_dir = run_dir / "denoised"
     out_dir.mkdir(exist_ok=True)
     results = []
     for image in images:
-        denoised = denoise_image(final, image.noisy, stats=stats, config=config)
+        denoised = denoise_image(final, image.noisy, stats=stats, config=config, runner=runner)
         write_tiff_atomic(
             out_dir / f"{image.name}.tif", np.moveaxis(denoised, -1, 0), imagej=True, metadata={"axes": "CYX"}
         )

@@ -21,7 +21,7 @@ from training.callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT
 from training.cli import run_main
 from training.config import DenoiseConfig, SegmentConfig, build_config
 from training.denoise import NORMALIZATION_FILE, denoise_image
-from training.engines import ENGINES, predictor
+from training.engines import ENGINES, PRECISIONS, has_native_bfloat16, predictor
 from training.errors import UserInputError
 from training.evaluate import POSTPROCESSING_KEYS, predict_segmentation
 from training.images import (
@@ -133,8 +133,13 @@ def predict_files(
     tile_size: int | None = None,
     tta: bool | None = None,
     engine: str = "keras",
+    precision: str = "float32",
 ) -> list[str]:
     """Predict every input; return one problem line per input that could not be processed."""
+    if precision != "float32" and engine != "keras":
+        raise UserInputError(
+            f"--precision {precision} needs --engine keras (onnxruntime computes in float32)"
+        )
     config, model = load_run(run_dir, checkpoint)
     updates = {key: value for key, value in (("tile_size", tile_size), ("tta", tta)) if value is not None}
     if "tta" in updates and config.task != "denoise":
@@ -145,7 +150,7 @@ def predict_files(
     files = _inputs(inputs)
     _refuse_shared_output_names(files, config.task)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runner = predictor(model, engine)
+    runner = predictor(model, engine, precision)
     problems = []
     for path in files:
         existing = [out_dir / name for name in _output_names(path, config.task) if (out_dir / name).exists()]
@@ -190,9 +195,18 @@ def main(argv: list[str] | None = None) -> int:
         "--engine",
         choices=ENGINES,
         default="keras",
-        help="keras, or onnx: the model converted as for a package and run by onnxruntime (faster on a CPU)",
+        help="keras, or onnx: the model converted as for a package and run by onnxruntime",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="what the keras engine computes in: bfloat16 is about twice as fast on CPUs with AVX512-BF16 "
+        "or AMX (see docs/benchmarks.md for its effect on quality); default float32",
     )
     args = parser.parse_args(argv)
+    if args.precision == "bfloat16" and not has_native_bfloat16():
+        print("note: this CPU has no native bfloat16 (AVX512-BF16 or AMX); float32 is likely faster")
 
     def body():
         problems = predict_files(
@@ -204,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             tile_size=args.tile_size,
             tta=args.tta,
             engine=args.engine,
+            precision=args.precision,
         )
         if problems:
             raise UserInputError("\n".join(problems))

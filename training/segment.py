@@ -18,6 +18,7 @@ from training.callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT
 from training.config import SegmentConfig
 from training.data import SPLITS, PairSplit, Sample, find_pairs, load_samples
 from training.device import make_strategy, set_precision
+from training.engines import inference_model
 from training.errors import UserInputError
 from training.evaluate import POSTPROCESSING_KEYS, evaluate_segmentation, tune_postprocessing
 from training.images import read_image
@@ -189,9 +190,12 @@ def _train(config: SegmentConfig, samples: dict[str, list[Sample]], run_dir: Pat
     )
     best = keras.models.load_model(checkpoint, compile=False)
     geometry = model_geometry(best)
+    # Evaluated as packages and `training.predict` compute: in float32, batch norm folded.
+    runner = inference_model(best)
     if config.tune_thresholds and samples["val"]:
         probabilities = [
-            predict_with_geometry(best, s.image, geometry, tile_size=config.tile_size) for s in samples["val"]
+            predict_with_geometry(runner, s.image, geometry, tile_size=config.tile_size)
+            for s in samples["val"]
         ]
         labels = [s.labels for s in samples["val"]]
         tuned = tune_postprocessing(probabilities, labels, config=config)
@@ -209,7 +213,7 @@ def _train(config: SegmentConfig, samples: dict[str, list[Sample]], run_dir: Pat
         "evaluated_on": evaluated_on,
         "checkpoint": checkpoint.name,
         "postprocessing": {key: getattr(config, key) for key in POSTPROCESSING_KEYS},
-        **evaluate_segmentation(best, samples[evaluated_on], geometry=geometry, config=config),
+        **evaluate_segmentation(runner, samples[evaluated_on], geometry=geometry, config=config),
     }
     metrics["geometry"] = {
         "step": geometry.step,
