@@ -61,10 +61,11 @@ class TrainingConfig(BaseModel):
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
         "auto", description="auto: mixed_float16 on a GPU, float32 on a CPU."
     )
-    distribute: Literal["auto", "none", "mirrored"] = Field(
+    distribute: Literal["auto", "none", "mirrored", "multiworker"] = Field(
         "auto",
         description="auto: MirroredStrategy over all GPUs when there are several; "
-        "mirrored: MirroredStrategy over all GPUs, or all logical CPUs when there is no GPU.",
+        "mirrored: MirroredStrategy over all GPUs, or all logical CPUs when there is no GPU; "
+        "multiworker: MultiWorkerMirroredStrategy over the machines named by TF_CONFIG (see README).",
     )
 
     export: bool = Field(

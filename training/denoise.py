@@ -23,6 +23,7 @@ from training.engines import inference_model
 from training.errors import UserInputError
 from training.images import list_images, read_image_slices, write_tiff_atomic
 from training.masking import MaskedLoss, blind_spot_mask
+from training.multiworker import is_chief
 from training.pipeline import grid_patches, training_dataset
 from training.runs import (
     CONFIG_FILE,
@@ -322,6 +323,8 @@ def _train_and_denoise(
         resume=resume,
         extra_callbacks=extra,
     )
+    if not is_chief(config.distribute):
+        return  # the chief evaluates
 
     checkpoint = run_dir / DEFAULT_CHECKPOINT
     final = keras.models.load_model(checkpoint, compile=False)

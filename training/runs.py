@@ -11,6 +11,7 @@ import io
 import json
 import shutil
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,13 +37,15 @@ from training.callbacks import (
 from training.cli import config_from_args, config_parser, resume_flags, run_main
 from training.config import TrainingConfig, build_config, read_config_file
 from training.errors import UserInputError
+from training.multiworker import cluster_task, fit_multiworker, is_chief
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 SAMPLE_FILE = "sample.npy"
 SAMPLE_SIZE = 256
-# Options that may change when a run is resumed: they extend or stop the run, not change what it learns.
-RESUMABLE_OVERRIDES = frozenset({"epochs", "early_stopping_patience", "out_dir", "export"})
+# Options that may change when a run is resumed: they extend or stop the run, or choose the devices that
+# share its global batch, not change what it learns.
+RESUMABLE_OVERRIDES = frozenset({"epochs", "early_stopping_patience", "out_dir", "export", "distribute"})
 PACKAGE_FILE = "package.zip"
 _WRITE_FAILURES = (
     "No space left on device",
@@ -140,14 +143,31 @@ def training_main(
         if args.resume is not None:
             overrides = (read_config_file(args.config) if args.config else {}) | resume_flags(cls, args)
             config = load_run_config(args.resume, cls, overrides)
-            run_dir = run(config, resume_dir=args.resume)
         else:
             config, _ = config_from_args(cls, args)
-            run_dir = run(config)
+        if not is_chief(config.distribute):
+            run_as_worker(run, config, args.resume)
+            return
+        run_dir = run(config, resume_dir=args.resume) if args.resume is not None else run(config)
         if config.export:
             export_package(run_dir)
 
     return run_main(body)
+
+
+def run_as_worker(run, config: TrainingConfig, resume_dir: Path | None) -> None:
+    """A multi-worker run on a task other than the chief: the same training, in a temporary folder that
+    is removed at the end (the chief keeps the run folder). Resuming starts from a copy of the chief's
+    run folder, which every task must be able to read (a shared file system)."""
+    with tempfile.TemporaryDirectory(prefix="worker-") as scratch:
+        config = config.model_copy(update={"out_dir": scratch, "export": False})
+        print(f"multi-worker task {cluster_task().index}: training beside the chief in {scratch}")
+        if resume_dir is None:
+            run(config)
+            return
+        copy = Path(scratch) / resume_dir.name
+        shutil.copytree(resume_dir, copy, ignore=shutil.ignore_patterns("tensorboard", PACKAGE_FILE))
+        run(config, resume_dir=copy)
 
 
 def export_package(run_dir: Path) -> Path:
@@ -228,18 +248,24 @@ def fit(
     if initial_epoch >= config.epochs:
         print(f"{run_dir}: all {config.epochs} epochs are done already")
         return keeper
+    schedule = {
+        "epochs": config.epochs,
+        "initial_epoch": initial_epoch,
+        "steps_per_epoch": config.steps_per_epoch,
+        "callbacks": callbacks,
+        "verbose": 1 if sys.stdout.isatty() else 2,  # one line per epoch in logs and CI
+    }
     try:
-        model.fit(
-            train_data,
-            validation_data=val_data,
-            validation_batch_size=config.batch_size,
-            epochs=config.epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=config.steps_per_epoch,
-            callbacks=callbacks,
-            shuffle=False,  # the patch generator draws at random already
-            verbose=1 if sys.stdout.isatty() else 2,  # one line per epoch in logs and CI
-        )
+        if config.distribute == "multiworker":
+            fit_multiworker(model, train_data, val_data, batch_size=config.batch_size, **schedule)
+        else:
+            model.fit(
+                train_data,
+                validation_data=val_data,
+                validation_batch_size=config.batch_size,
+                shuffle=False,  # the patch generator draws at random already
+                **schedule,
+            )
     except tf.errors.OpError as error:
         # TensorFlow's own writers (the TensorBoard logs) report a full or read-only disk this way.
         reason = next((r for r in _WRITE_FAILURES if r in error.message), None)

@@ -24,6 +24,7 @@ from training.evaluate import POSTPROCESSING_KEYS, evaluate_segmentation, tune_p
 from training.images import read_image
 from training.losses import WeightedSparseCategoricalCrossentropy
 from training.metrics import format_metrics_table
+from training.multiworker import is_chief
 from training.pipeline import grid_patches, training_dataset
 from training.runs import (
     CONFIG_FILE,
@@ -183,6 +184,8 @@ def _train(config: SegmentConfig, samples: dict[str, list[Sample]], run_dir: Pat
         max_patches=config.val_patches,
     )
     fit(model, train_data, val_data, config=config, run_dir=run_dir, resume=resume)
+    if not is_chief(config.distribute):
+        return  # the chief evaluates
 
     evaluated_on = "test" if samples["test"] else "val"
     checkpoint = (
