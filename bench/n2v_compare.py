@@ -102,7 +102,7 @@ def run_ours(noisy: Path, clean: Path, out: Path, budget: dict[str, int], extra:
 
     return {
         "implementation": f"this project (Keras {keras.__version__})",
-        "predict_2048_seconds": predict_speed(out, noisy),
+        "predict_2048": predict_speed(out, noisy, clean),
         "step_ms_median": float(np.median([float(row["step_ms"]) for row in rows])),
         "steps": budget["epochs"] * budget["steps_per_epoch"],
         "train_seconds": float(sum(float(row["epoch_seconds"]) for row in rows)),
@@ -113,30 +113,35 @@ def run_ours(noisy: Path, clean: Path, out: Path, budget: dict[str, int], extra:
     }
 
 
-def predict_speed(run_dir: Path, noisy: Path, side: int = 2048) -> dict[str, float]:
-    """Seconds to denoise a 2048 x 2048 image (the noisy image tiled) with the run's model, through
-    Keras and through onnxruntime, as `training.predict` does (normalisation, tiles of 512, mirrored
-    border); after a warm-up, in this process."""
+def predict_speed(run_dir: Path, noisy: Path, clean: Path, side: int = 2048) -> dict[str, dict[str, float]]:
+    """Seconds to denoise a 2048 x 2048 image (the noisy image tiled) with the run's model, as
+    `training.predict` does (normalisation, the run's tiles, mirrored border), through Keras in float32
+    and in bfloat16 and through onnxruntime; after a warm-up on the noisy image itself, in this process.
+    With each, the PSNR of that warm-up prediction against the clean image (the cost of bfloat16)."""
     import keras
 
     import zoo  # noqa: F401  (the custom layers of the checkpoint)
     from training.config import DenoiseConfig, build_config
-    from training.denoise import denoise_image
+    from training.denoise import denoise_image, image_quality
     from training.engines import predictor
 
     config = build_config(DenoiseConfig, json.loads((run_dir / "config.json").read_text()), source="run")
     stats = json.loads((run_dir / "normalization.json").read_text())
     model = keras.models.load_model(run_dir / "last.keras", compile=False)
     image = tifffile.imread(noisy).astype(np.float32)
+    reference = tifffile.imread(clean).astype(np.float32)[..., np.newaxis]
     big = np.tile(image, (side // image.shape[0] + 1, side // image.shape[1] + 1))[:side, :side, None]
-    seconds = {}
-    for engine in ("keras", "onnx"):
-        runner = predictor(model, engine)
-        denoise_image(model, image[..., None], stats=stats, config=config, runner=runner)  # warm-up
+    measured = {}
+    for engine, precision in (("keras", "float32"), ("keras", "bfloat16"), ("onnx", "float32")):
+        runner = predictor(model, engine, precision)
+        denoised = denoise_image(model, image[..., None], stats=stats, config=config, runner=runner)
         start = time.perf_counter()
         denoise_image(model, big, stats=stats, config=config, runner=runner)
-        seconds[engine] = time.perf_counter() - start
-    return seconds
+        measured[f"{engine} {precision}"] = {
+            "seconds": time.perf_counter() - start,
+            "psnr": image_quality(reference, denoised)["psnr"],
+        }
+    return measured
 
 
 def run_reference(
@@ -249,8 +254,13 @@ def main() -> int:
     for peer in peers:
         print(f"  {peer['implementation']}: {peer['predict_2048_seconds']:.1f}")
     ref_seconds = reference["predict_2048_seconds"]
-    for engine, seconds in ours[0]["predict_2048_seconds"].items():
-        print(f"  this project, {engine}: {seconds:.1f} ({ref_seconds / seconds:.2f}x faster than n2v)")
+    for run in ours:
+        for engine, measured in run["predict_2048"].items():
+            seconds = measured["seconds"]
+            print(
+                f"  this project trained with {run['arguments'] or 'defaults'}, {engine}: {seconds:.2f} "
+                f"({ref_seconds / seconds:.2f}x faster than n2v; PSNR on the image {measured['psnr']:.2f})"
+            )
     print(out / "summary.json")
     return 0
 

@@ -1,6 +1,6 @@
 """Training and prediction throughput at the standard sizes, as fractions of this machine's ceiling.
 
-    python bench/throughput.py [--precisions float32 mixed_bfloat16] [--skip-training]
+    python bench/throughput.py [--precisions float32 mixed_bfloat16] [--skip-training] [--tile-size 512]
 
 1. Ceiling: a 4096 x 4096 matrix product in TensorFlow at each precision (float32; bfloat16 for
    mixed_bfloat16), the most arithmetic this machine delivers per second to a dense kernel.
@@ -9,10 +9,11 @@
    batch 8, 256 x 256 patches), for a few short epochs; the median step time of the epochs after the
    first (`step_ms` of history.csv, input waits included). Work per step: three forward passes'
    worth of convolution FLOPs (forward, and the two products of the backward pass; `zoo.flops`).
-3. Prediction: a 2048 x 2048 image, tiled as `training.predict` does (tiles of at most 512 pixels or
-   8 halos, batches of 4, the halo mirrored around the image), through Keras and through onnxruntime
+3. Prediction: a 2048 x 2048 image, tiled as `training.predict` does (tiles of at most `--tile-size`
+   pixels or 8 halos, batches of 4, the halo mirrored around the image), through Keras in float32 and
+   in bfloat16 (`--precision bfloat16`: batch norm folded, as always) and through onnxruntime
    (`--engine onnx`); the median of three runs after a warm-up. Work: one forward pass over the image
-   (overlaps not counted).
+   (overlaps not counted), as a fraction of the ceiling of the precision it runs in.
 
 Prints a table and writes bench/results/throughput.json. The peers (juglab n2v, CAREamics) are in
 `bench/n2v_compare.py`.
@@ -93,7 +94,11 @@ def training_step(name: str, precision: str, scratch: Path) -> dict:
     return {"step_s": step, "patches_per_s": spec["batch"] / step}
 
 
-def prediction_speed(name: str, engine: str) -> float:
+# (engine, precision) of each prediction measured: see training.engines.
+PREDICTION_ENGINES = [("keras", "float32"), ("keras", "bfloat16"), ("onnx", "float32")]
+
+
+def prediction_speed(name: str, engine: str, precision: str, tile_size: int) -> float:
     """Seconds to predict a 2048 x 2048 image (median of three after a warm-up)."""
     import zoo
     from training.engines import predictor
@@ -102,12 +107,12 @@ def prediction_speed(name: str, engine: str) -> float:
     spec = STANDARD[name]
     model = zoo.build_model(name, depth=spec["depth"], base_filters=spec["base_filters"])
     geometry = zoo.model_geometry(model)
-    runner = predictor(model, engine)
+    runner = predictor(model, engine, precision)
     image = np.random.default_rng(0).normal(size=(PREDICT_SIDE, PREDICT_SIDE, 1)).astype(np.float32)
 
     def once() -> float:
         start = time.perf_counter()
-        predict_with_geometry(runner, image, geometry, tile_size=512)
+        predict_with_geometry(runner, image, geometry, tile_size=tile_size)
         return time.perf_counter() - start
 
     once()
@@ -120,6 +125,7 @@ def main() -> None:
     )
     parser.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--tile-size", type=int, default=512, help="prediction tiles (default: 512)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
@@ -137,7 +143,7 @@ def main() -> None:
         "training": {},
         "prediction": {},
     }
-    for precision in args.precisions:
+    for precision in dict.fromkeys([*args.precisions, "float32", "mixed_bfloat16"]):  # prediction needs both
         result["ceiling_gflops"][precision] = ceiling(precision) / 1e9
     flops = {
         name: conv_flops(
@@ -165,23 +171,27 @@ def main() -> None:
                         f"{measured['step_s']:.3f} | {measured['patches_per_s']:.1f} | {achieved:.1f} | "
                         f"{measured['fraction_of_ceiling']:.1%} |"
                     )
-    lines += ["", "| model | engine | 2048^2 (s) | megapixels/s | GFLOP/s | of float32 ceiling |"]
+    lines += ["", "| model | engine | 2048^2 (s) | megapixels/s | GFLOP/s | of its precision's ceiling |"]
     lines += ["| --- | --- | --- | --- | --- | --- |"]
     for name, spec in STANDARD.items():
         model = zoo.build_model(name, depth=spec["depth"], base_filters=spec["base_filters"])
         work = conv_flops(model, PREDICT_SIDE, PREDICT_SIDE)
-        for engine in ("keras", "onnx"):
-            seconds = prediction_speed(name, engine)
+        for engine, precision in PREDICTION_ENGINES:
+            seconds = prediction_speed(name, engine, precision, args.tile_size)
             achieved = work / seconds / 1e9
-            result["prediction"][f"{name}/{engine}"] = {
+            ceiling_gflops = result["ceiling_gflops"][
+                f"{'mixed_' if precision == 'bfloat16' else ''}{precision}"
+            ]
+            result["prediction"][f"{name}/{engine}/{precision}"] = {
                 "seconds": seconds,
+                "tile_size": args.tile_size,
                 "megapixels_per_s": PREDICT_SIDE**2 / 1e6 / seconds,
                 "gflops": achieved,
-                "fraction_of_ceiling": achieved / result["ceiling_gflops"]["float32"],
+                "fraction_of_ceiling": achieved / ceiling_gflops,
             }
             lines.append(
-                f"| {name} | {engine} | {seconds:.2f} | {PREDICT_SIDE**2 / 1e6 / seconds:.2f} | "
-                f"{achieved:.1f} | {achieved / result['ceiling_gflops']['float32']:.1%} |"
+                f"| {name} | {engine} {precision} | {seconds:.2f} | {PREDICT_SIDE**2 / 1e6 / seconds:.2f} | "
+                f"{achieved:.1f} | {achieved / ceiling_gflops:.1%} |"
             )
     print(
         "ceiling (4096^2 matmul): "

@@ -52,8 +52,9 @@ def cluster_task(environ: dict[str, str] | None = None) -> ClusterTask:
     raw = (os.environ if environ is None else environ).get("TF_CONFIG")
     if not raw:
         raise UserInputError(
-            "--distribute multiworker needs TF_CONFIG: the JSON naming the cluster's tasks and this one (e.g. "
-            '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}})'
+            "--distribute multiworker needs TF_CONFIG: the JSON naming the cluster's tasks and this one "
+            '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}})'
         )
     try:
         config = json.loads(raw)
