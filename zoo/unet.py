@@ -27,6 +27,7 @@ def _conv_block(
     dropout: float,
     prefix: str,
     last_filters: int | None = None,
+    batch_norm_momentum: float = 0.99,
 ):
     """Two `same` convolutions (the second with `last_filters`, if given), each followed by optional
     batch norm and a ReLU."""
@@ -40,7 +41,7 @@ def _conv_block(
             name=f"{prefix}_conv{i}",
         )(x)
         if batch_norm:
-            x = FusedBatchNormalization(name=f"{prefix}_bn{i}")(x)
+            x = FusedBatchNormalization(momentum=batch_norm_momentum, name=f"{prefix}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name=f"{prefix}_dropout")(x)
@@ -55,6 +56,7 @@ def build_unet(
     base_filters: int = 32,
     kernel_size: int = 3,
     batch_norm: bool = True,
+    batch_norm_momentum: float = 0.99,
     dropout: float = 0.0,
     upsampling: Upsampling = "transpose",
     downsampling: Downsampling = "max",
@@ -76,6 +78,9 @@ def build_unet(
         base_filters: filters of the first level; each deeper level doubles them.
         kernel_size: side of the square convolution kernels.
         batch_norm: batch normalisation after every convolution.
+        batch_norm_momentum: weight of the old value in each update of batch norm's moving statistics
+            (Keras's default 0.99; PyTorch's 0.1 is 0.9 here): lower follows the weights more closely in
+            short trainings.
         dropout: dropout rate after each convolution block (0 disables it).
         upsampling: ``"transpose"`` (learned 2x2 transposed convolution), ``"nearest"`` (nearest-neighbour
             up-sampling followed by a 2x2 convolution, free of checkerboard artefacts) or ``"repeat"``
@@ -120,6 +125,7 @@ def build_unet(
         base_filters=base_filters,
         kernel_size=kernel_size,
         batch_norm=batch_norm,
+        batch_norm_momentum=batch_norm_momentum,
         dropout=dropout,
         upsampling=upsampling,
         downsampling=downsampling,
@@ -155,6 +161,7 @@ def _unet_body(
     base_filters: int,
     kernel_size: int,
     batch_norm: bool,
+    batch_norm_momentum: float,
     dropout: float,
     upsampling: str,
     downsampling: str,
@@ -169,6 +176,7 @@ def _unet_body(
             filters=base_filters * 2**level,
             kernel_size=kernel_size,
             batch_norm=batch_norm,
+            batch_norm_momentum=batch_norm_momentum,
             dropout=dropout,
             prefix=f"{prefix}enc{level}",
         )
@@ -183,6 +191,7 @@ def _unet_body(
         filters=base_filters * 2**depth,
         kernel_size=kernel_size,
         batch_norm=batch_norm,
+        batch_norm_momentum=batch_norm_momentum,
         dropout=dropout,
         prefix=f"{prefix}bottleneck",
         last_filters=base_filters * 2 ** max(depth - 1, 0) if taper else None,
@@ -205,6 +214,7 @@ def _unet_body(
             filters=filters,
             kernel_size=kernel_size,
             batch_norm=batch_norm,
+            batch_norm_momentum=batch_norm_momentum,
             dropout=dropout,
             prefix=f"{prefix}dec{level}",
         )
