@@ -169,6 +169,7 @@ def _assert_same_curves(run: Path, reference: Path) -> None:
         np.testing.assert_allclose(_column(run, key), _column(reference, key), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_two_workers_follow_the_single_device_loss_curve_and_only_the_chief_writes(
     tmp_path: Path, tiny_segment_flags: tuple[str, ...]
 ) -> None:
@@ -189,6 +190,7 @@ def test_two_workers_follow_the_single_device_loss_curve_and_only_the_chief_writ
     assert not scratch.exists()
 
 
+@pytest.mark.slow
 def test_two_workers_resume_a_denoising_run_to_the_single_device_curve(tmp_path: Path) -> None:
     flags = ["--out-dir", str(tmp_path), "--steps-per-epoch", "2", "--batch-size", "4", "--patch-size", "32"]
     flags += ["--base-filters", "4", "--depth", "1", "--val-patches", "4", "--mask-fraction", "0.01"]
