@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from worker_common import large_image
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PACKAGES = ["tensorflow==2.15.*", "n2v==0.3.3", "scikit-image<0.25"]
@@ -118,19 +119,16 @@ def predict_speed(run_dir: Path, noisy: Path, clean: Path, side: int = 2048) -> 
     `training.predict` does (normalisation, the run's tiles, mirrored border), through Keras in float32
     and in bfloat16 and through onnxruntime; after a warm-up on the noisy image itself, in this process.
     With each, the PSNR of that warm-up prediction against the clean image (the cost of bfloat16)."""
-    import keras
-
-    import zoo  # noqa: F401  (the custom layers of the checkpoint)
-    from training.config import DenoiseConfig, build_config
-    from training.denoise import denoise_image, image_quality
+    from training.denoise import NORMALIZATION_FILE, denoise_image, image_quality
     from training.engines import predictor
+    from training.predict import load_run
+    from training.runs import read_json
 
-    config = build_config(DenoiseConfig, json.loads((run_dir / "config.json").read_text()), source="run")
-    stats = json.loads((run_dir / "normalization.json").read_text())
-    model = keras.models.load_model(run_dir / "last.keras", compile=False)
+    config, model = load_run(run_dir, "last")
+    stats = read_json(run_dir / NORMALIZATION_FILE)
     image = tifffile.imread(noisy).astype(np.float32)
     reference = tifffile.imread(clean).astype(np.float32)[..., np.newaxis]
-    big = np.tile(image, (side // image.shape[0] + 1, side // image.shape[1] + 1))[:side, :side, None]
+    big = large_image(image, side)[..., np.newaxis]
     measured = {}
     for engine, precision in (("keras", "float32"), ("keras", "bfloat16"), ("onnx", "float32")):
         runner = predictor(model, engine, precision)

@@ -37,20 +37,19 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.path.insert(0, str(ROOT))
-    import keras
+    sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+    from worker_common import large_image
 
-    import zoo  # noqa: F401  (the custom layers of the checkpoint)
-    from training.config import DenoiseConfig, build_config
-    from training.denoise import denoise_image
+    from training.config import DenoiseConfig
+    from training.denoise import NORMALIZATION_FILE, denoise_image
     from training.engines import predictor
+    from training.predict import load_run
+    from training.runs import read_json
 
-    config = build_config(DenoiseConfig, json.loads((args.run_dir / "config.json").read_text()), source="run")
-    stats = json.loads((args.run_dir / "normalization.json").read_text())
-    model = keras.models.load_model(args.run_dir / "last.keras", compile=False)
+    config, model = load_run(args.run_dir, "last")
+    stats = read_json(args.run_dir / NORMALIZATION_FILE)
     image = tifffile.imread(args.image).astype(np.float32)
-    repeats = (args.side // image.shape[0] + 1, args.side // image.shape[1] + 1)
-    big = np.tile(image, repeats)[: args.side, : args.side, None]
+    big = large_image(image, args.side)[..., np.newaxis]
 
     rows = []
     for engine, precision in COMBINATIONS:

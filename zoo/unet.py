@@ -24,10 +24,10 @@ def _conv_block(
     filters: int,
     kernel_size: int,
     batch_norm: bool,
+    batch_norm_momentum: float,
     dropout: float,
     prefix: str,
     last_filters: int | None = None,
-    batch_norm_momentum: float = 0.99,
 ):
     """Two `same` convolutions (the second with `last_filters`, if given), each followed by optional
     batch norm and a ReLU."""
