@@ -92,6 +92,54 @@ def epoch_schedule(config: TrainingConfig) -> Callable[[int, float], float] | No
     return None
 
 
+@keras.saving.register_keras_serializable(package="bioimage_zoo")
+class AveragingAdam(keras.optimizers.Adam):
+    """Adam whose weight average (`use_ema`) has a momentum that grows with the step t (from 0):
+    min(ema_momentum, t / (t + 9)). The average starts at the first step's weights and, until the
+    momentum reaches `ema_momentum`, spans about the last ninth of the steps so far (as TensorFlow's
+    ExponentialMovingAverage with `num_updates`), so a short run's average is not held back near its
+    first steps. It depends on the step alone: a resumed run averages exactly as an uninterrupted one.
+    """
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        step = keras.ops.cast(self.iterations, "float32")
+        momentum = keras.ops.minimum(self.ema_momentum, step / (step + 9.0))
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average, strict=True):
+            if average is not None:
+                weight = keras.ops.cast(momentum, variable.dtype)
+                average.assign(weight * average + (1.0 - weight) * variable)
+
+
+def adam(config: TrainingConfig) -> keras.optimizers.Adam:
+    """Adam at the configured learning rate; with `average_steps` > 1, also keeping a moving average of
+    the weights over about that many steps (`AveragingAdam`)."""
+    if config.average_steps <= 1:
+        return keras.optimizers.Adam(config.learning_rate)
+    return AveragingAdam(config.learning_rate, use_ema=True, ema_momentum=1.0 - 1.0 / config.average_steps)
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Keras's swap of the optimizer's weight average into the model, for validation and from each
+    epoch's end to the next epoch's start: checkpoints, and so evaluation, prediction and export, hold the
+    averaged weights, while training goes on from the raw ones.
+
+    Every checkpoint, the last epoch's included, holds the averaged weights in the model and the raw ones
+    in the optimizer's average slots. A run resumed from one starts swapped (`averaged_in_model`), so its
+    first epoch swaps back and it trains on exactly as an uninterrupted run, extended runs included.
+    (Keras's own callback copies the average into the slots at the last epoch, which would lose the raw
+    weights of a finished run; the model in memory therefore ends with the raw weights.)
+    """
+
+    def __init__(self, *, averaged_in_model: bool):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = averaged_in_model
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = True
+
+
 def monitor_mode(monitor: str) -> str:
     """`max` for accuracy- and IoU-like quantities, `min` for losses."""
     return "max" if any(key in monitor for key in ("acc", "iou", "f1", "psnr", "ssim")) else "min"

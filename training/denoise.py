@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tifffile
 
-from training.callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT, PeriodicCheckpoint
+from training.callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT, PeriodicCheckpoint, adam
 from training.config import DenoiseConfig
 from training.device import make_strategy, set_precision
 from training.engines import inference_model
@@ -203,7 +203,7 @@ def _build_model(config: DenoiseConfig, channels: int) -> keras.Model:
         residual=config.residual,
         independent_channels=config.independent_channels,
     )
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=MaskedLoss(config.loss))
+    model.compile(optimizer=adam(config), loss=MaskedLoss(config.loss))
     return model
 
 

@@ -24,6 +24,7 @@ from training.callbacks import (
     HISTORY_FILE,
     LAST_CHECKPOINT,
     STATE_FILE,
+    AveragedWeights,
     InterruptAfterEpoch,
     RunKeeper,
     StepTimer,
@@ -237,6 +238,9 @@ def fit(
         previous={k: v for k, v in state.items() if k != "previous"} or None,
     )
     interrupt = InterruptAfterEpoch()
+    if getattr(model.optimizer, "use_ema", False):
+        # First, so that every later callback's epoch end (checkpoints included) sees the average.
+        callbacks.insert(0, AveragedWeights(averaged_in_model=resume))
     callbacks += [
         StepTimer(),
         *stateful.values(),

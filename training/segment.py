@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT
+from training.callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT, adam
 from training.config import SegmentConfig
 from training.data import SPLITS, PairSplit, Sample, find_pairs, load_samples
 from training.device import make_strategy, set_precision
@@ -89,7 +89,7 @@ def _build_model(config: SegmentConfig, input_channels: int) -> keras.Model:
         final_activation="softmax",
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=adam(config),
         loss=WeightedSparseCategoricalCrossentropy(config.class_weights),
         metrics=[keras.metrics.MeanIoU(len(CLASS_NAMES), sparse_y_pred=False, name="mean_iou")],
     )
