@@ -41,8 +41,9 @@ from zoo import build_model, model_geometry
 
 NORMALIZATION_FILE = "normalization.json"
 DATA_FILE = "data.json"
-# N2V's validation loss compares predictions with noisy pixels, so its minimum is a noisy pick;
-# the last checkpoint of a decaying schedule is the steadier choice, and the one used and exported.
+# N2V's validation loss compares predictions with noisy pixels, so its minimum is a noisy pick; the last
+# checkpoint, whose weights are averaged over the last steps (`average_steps`), is the steadier choice,
+# and the one used and exported.
 DEFAULT_CHECKPOINT = LAST_CHECKPOINT
 
 
