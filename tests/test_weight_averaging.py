@@ -95,11 +95,16 @@ def _history(run_dir: Path) -> dict[str, np.ndarray]:
     return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
 
 
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
 def test_resumed_averaged_run_ends_where_an_uninterrupted_one_does(
-    tiny_segment_flags: tuple[str, ...], tmp_path: Path
+    tiny_segment_flags: tuple[str, ...], tmp_path: Path, precision: str
 ) -> None:
+    """Also under mixed_float16 (the GPU default), where Keras wraps the optimizer in a
+    LossScaleOptimizer."""
     flags = [
         *tiny_segment_flags,
+        "--precision",
+        precision,
         "--average-steps",
         "2",
         "--steps-per-epoch",
@@ -112,13 +117,26 @@ def test_resumed_averaged_run_ends_where_an_uninterrupted_one_does(
     stopped = shutil.copytree(tmp_path / "split", tmp_path / "stopped")
     assert main(["--resume", str(tmp_path / "split"), "--epochs", "4"]) == 0
 
-    # The checkpoint of the stopped run holds the average in the model, the raw weights in the optimizer
-    # (the epoch it trained last included).
+    # The checkpoint of the stopped run holds the average in the model and the raw weights in the
+    # optimizer (the epoch it trained last included). Averaging does not change the raw trajectory, so
+    # the raw weights are those of the same run without averaging (up to the rounding of the swaps).
+    assert main([*flags, "--run-name", "plain", "--epochs", "2", "--average-steps", "0"]) == 0
+    raw = keras.models.load_model(tmp_path / "plain" / "last.keras", compile=False).trainable_weights
     checkpoint = keras.models.load_model(stopped / "last.keras")
-    slots = checkpoint.optimizer._model_variables_moving_average
-    assert any(
-        not np.allclose(w, np.asarray(s)) for w, s in zip(checkpoint.trainable_weights, slots, strict=True)
-    )
+    optimizer = getattr(checkpoint.optimizer, "inner_optimizer", checkpoint.optimizer)
+    slots = optimizer._model_variables_moving_average  # in the order of the trainable weights
+
+    def distance(weights) -> float:
+        pairs = zip(weights, raw, strict=True)
+        return float(np.sqrt(sum(np.sum((np.asarray(w) - np.asarray(r)) ** 2) for w, r in pairs)))
+
+    # The slots are the raw weights, the model's weights are not. float16 arithmetic turns the swaps'
+    # roundings into small differences from the plain run (up to 1.1e-4 per weight after 10 steps), so
+    # in mixed_float16 only the distances are compared; in float32 the slots also match weight by weight.
+    assert distance(slots) < 0.25 * distance(checkpoint.trainable_weights)
+    if precision == "float32":
+        for slot, expected in zip(slots, raw, strict=True):
+            np.testing.assert_allclose(np.asarray(slot), np.asarray(expected), rtol=0, atol=1e-5)
 
     whole, split = _history(tmp_path / "whole"), _history(tmp_path / "split")
     for key in ("loss", "val_loss", "learning_rate"):

@@ -118,6 +118,12 @@ def adam(config: TrainingConfig) -> keras.optimizers.Adam:
     return AveragingAdam(config.learning_rate, use_ema=True, ema_momentum=1.0 - 1.0 / config.average_steps)
 
 
+def averages_weights(optimizer: keras.optimizers.Optimizer) -> bool:
+    """Whether `optimizer` keeps a weight average, also when mixed_float16 wrapped it in Keras's
+    LossScaleOptimizer (whose own `use_ema` is always False)."""
+    return bool(getattr(getattr(optimizer, "inner_optimizer", optimizer), "use_ema", False))
+
+
 class AveragedWeights(keras.callbacks.SwapEMAWeights):
     """Keras's swap of the optimizer's weight average into the model, for validation and from each
     epoch's end to the next epoch's start: checkpoints, and so evaluation, prediction and export, hold the

@@ -28,6 +28,7 @@ from training.callbacks import (
     InterruptAfterEpoch,
     RunKeeper,
     StepTimer,
+    averages_weights,
     epoch_schedule,
     monitor_mode,
     read_history,
@@ -238,7 +239,7 @@ def fit(
         previous={k: v for k, v in state.items() if k != "previous"} or None,
     )
     interrupt = InterruptAfterEpoch()
-    if getattr(model.optimizer, "use_ema", False):
+    if averages_weights(model.optimizer):
         # First, so that every later callback's epoch end (checkpoints included) sees the average.
         callbacks.insert(0, AveragedWeights(averaged_in_model=resume))
     callbacks += [
