@@ -183,7 +183,15 @@ def build_description(run: Run, staging: Path, metadata: Metadata) -> dict:
     )
 
     try:
-        descr = _model_descr(run, staging, metadata, sizes, torch=torch, nickname=nickname)
+        descr = _model_descr(
+            run,
+            staging,
+            metadata,
+            sizes,
+            torch=torch,
+            nickname=nickname,
+            atol=describe.absolute_tolerance(output),
+        )
     except pydantic.ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise ExportError(f"{run.folder}: cannot describe this model ({problems})") from None
@@ -195,7 +203,7 @@ def build_description(run: Run, staging: Path, metadata: Metadata) -> dict:
     return rdf
 
 
-def _model_descr(run: Run, staging: Path, metadata: Metadata, sizes: Tensors, *, torch, nickname):
+def _model_descr(run: Run, staging: Path, metadata: Metadata, sizes: Tensors, *, torch, nickname, atol):
     from bioimageio.spec import ValidationContext
     from bioimageio.spec.model import v0_5
 
@@ -249,7 +257,10 @@ def _model_descr(run: Run, staging: Path, metadata: Metadata, sizes: Tensors, *,
             ],
             weights=weights,
             config=v0_5.Config(
-                bioimageio=v0_5.BioimageioConfig(nickname=nickname),
+                bioimageio=v0_5.BioimageioConfig(
+                    nickname=nickname,
+                    reproducibility_tolerance=[v0_5.ReproducibilityTolerance(absolute_tolerance=atol)],
+                ),
                 deepimagej={"allow_tiling": True, "pyramidal_model": False},
             ),
         )

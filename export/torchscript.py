@@ -5,12 +5,60 @@ The traced module takes and returns float32 tensors laid out as the rdf declares
 Keras's PyTorch layers compute paddings and crops from the input shape in Python; the tracer records them
 as operations on the traced shape, so the trace is checked here on sizes other than the one it was traced
 with, against Keras itself, before it is written.
+
+Keras's PyTorch backend moves every tensor it touches to its default device (`x.to("cpu")` when traced
+on a CPU), and the tracer records each move with the device as a constant. Left in, they pin the whole
+network to the CPU: on a GPU the input and the weights would be copied back to the CPU at every layer
+and the computation would run there. `drop_device_moves` removes them from the graph, so the module runs
+wherever its weights and input are (`torch.jit.load(..., map_location="cuda")`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+_FLOAT32, _STRIDED = 6, 0  # TorchScript's codes for torch.float32 and torch.strided
+
+
+def _is_device_move(node) -> bool:
+    """An `aten::to(self, dtype, layout, device, pin_memory, non_blocking, copy, memory_format)` to
+    float32, strided, on a constant device: `x.to(device)` of a float32 tensor as the tracer records it
+    (every tensor of the network is float32, as the package declares its input)."""
+    args = list(node.inputs())
+    if node.kind() != "aten::to" or len(args) != 8 or args[3].type().kind() != "DeviceObjType":
+        return False
+    if not all(args[i].node().kind() == "prim::Constant" for i in (1, 2, 3, 4, 7)):
+        return False
+    return (args[1].toIValue(), args[2].toIValue(), args[4].toIValue(), args[7].toIValue()) == (
+        _FLOAT32,
+        _STRIDED,
+        None,
+        None,
+    )
+
+
+def drop_device_moves(module) -> int:
+    """Remove the device-only `aten::to` calls from the forward graph of the traced `module` and of each
+    of its submodules, wiring their inputs to their users; returns how many were removed. Raises if a
+    constant device is left in a graph."""
+    import torch
+
+    removed = 0
+    for submodule in module.modules():
+        script = getattr(submodule, "_c", None)  # the TorchScript object behind a traced (sub)module
+        if script is None or not script._has_method("forward"):
+            continue
+        graph = script._get_method("forward").graph
+        for node in [n for n in graph.nodes() if _is_device_move(n)]:
+            node.output().replaceAllUsesWith(next(node.inputs()))
+            node.destroy()
+            removed += 1
+        torch._C._jit_pass_dce(graph)
+        for node in graph.nodes():
+            if node.kind() == "prim::Constant" and node.output().type().kind() == "DeviceObjType":
+                raise RuntimeError(f"the trace still fixes a device: {node}")
+    return removed
 
 
 def main(keras_file: str, out_file: str) -> None:
@@ -36,6 +84,7 @@ def main(keras_file: str, out_file: str) -> None:
     module = Traced(model).eval()
     with torch.no_grad():
         traced = torch.jit.trace(module, torch.zeros(1, 2 * step, 2 * step, channels), check_trace=False)
+        drop_device_moves(traced)
         rng = np.random.default_rng(0)
         for shape in [(1, 3 * step, 2 * step, channels), (2, step, 4 * step, channels)]:
             x = rng.normal(size=shape).astype(np.float32)

@@ -307,6 +307,20 @@ def test_torchscript_weights_pass_bioimageio_test_model(denoise_package):
     assert summary.status == "passed", summary.format()
 
 
+def test_torchscript_weights_fix_no_device(segment_package, tmp_path):
+    """Keras's PyTorch backend calls `x.to(device)` on every tensor, and a trace on the CPU records each
+    call with the CPU as a constant. Left in, they ran the whole network on the CPU on an H100: 3.2 s for
+    a 2048^2 N2V prediction, against 0.057 s without them (bench/package_torch.py, docs/benchmarks.md).
+    No device may be written into the graph, so the module runs where its weights and input are."""
+    import torch
+
+    module = torch.jit.load(str(_unzip(segment_package, tmp_path) / "weights.pt"), map_location="cpu")
+    graph = module.inlined_graph
+    devices = [n for n in graph.nodes() if any(o.type().kind() == "DeviceObjType" for o in n.outputs())]
+    assert devices == [], devices[0]
+    assert any(n.kind() == "aten::_convolution" for n in graph.nodes())  # the graph was read whole
+
+
 # === Round trip through bioimageio.core ===
 
 
@@ -376,7 +390,8 @@ def test_a_package_whose_test_output_the_model_does_not_reproduce_is_not_written
     segment_run, tmp_path, monkeypatch, capsys
 ):
     real = describe.test_output
-    monkeypatch.setattr(describe, "test_output", lambda *args: real(*args) + 0.5)
+    # 4x the tolerance the package declares (0.5 % of the probabilities' maximum of 1)
+    monkeypatch.setattr(describe, "test_output", lambda *args: real(*args) + 0.02)
     target = tmp_path / "broken.zip"
     assert export_main([str(segment_run), "--out", str(target)]) == 1
     captured = capsys.readouterr()
