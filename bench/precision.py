@@ -10,8 +10,12 @@
 
 Each seed runs once in float32 and once with `--precision mixed_bfloat16`. With one seed the two runs
 draw the same patches, masks and initial weights, so their difference is the precision's (and the
-chaotic growth of rounding differences during training). Prints each pair and the mean and standard
-deviation of the differences; writes `summary.json` into the benchmark's folder under `--out`.
+chaotic growth of rounding differences during training). The control (off with `--no-control`) runs
+each seed a third time in float32 with `TF_ENABLE_ONEDNN_OPTS=0`: TensorFlow's Eigen kernels instead of
+oneDNN's, the same arithmetic summed in another order. Its difference from float32 is how far one
+training reproduces itself at all, the yardstick for bfloat16's. Prints each seed and the mean, standard
+deviation and mean magnitude of both differences; writes `summary.json` into the benchmark's folder
+under `--out`.
 """
 
 from __future__ import annotations
@@ -34,20 +38,25 @@ from n2v_compare import clean_image
 from segment_dsb2018 import TRAINING_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
-PRECISIONS = ("float32", "mixed_bfloat16")
+# arm: (--precision, environment)
+ARMS = {
+    "float32": ("float32", {}),
+    "mixed_bfloat16": ("mixed_bfloat16", {}),
+    "float32_eigen": ("float32", {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+}
 DENOISE_ARGS = [
     "--depth", "2", "--base-filters", "32", "--patch-size", "64", "--batch-size", "64",
     "--epochs", "10", "--steps-per-epoch", "50",
 ]  # fmt: skip
 
 
-def _train(task: str, data_args: list[str], run_dir: Path, extra: list[str]) -> dict:
+def _train(task: str, data_args: list[str], run_dir: Path, extra: list[str], env: dict) -> dict:
     command = [
         sys.executable, "-m", f"training.{task}", *data_args,
         "--out-dir", str(run_dir.parent), "--run-name", run_dir.name, "--no-export", *extra,
     ]  # fmt: skip
     print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, env={**os.environ, **env})
     return json.loads((run_dir / "metrics.json").read_text())
 
 
@@ -67,7 +76,11 @@ def main() -> int:
     parser.add_argument("--dsb", type=Path, default=ROOT.parent / "shared/data/nuclei_dsb2018")
     parser.add_argument("--clean-dir", type=Path, default=ROOT.parent / "shared/data/denoise_clean_cc0")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
+    parser.add_argument(
+        "--no-control", action="store_true", help="skip the float32 run under Eigen's kernels"
+    )
     args = parser.parse_args()
+    arms = [a for a in ARMS if not (args.no_control and a == "float32_eigen")]
     tasks = ("denoise", "segment") if args.task == "both" else (args.task,)
     if "segment" in tasks and not (args.dsb / "index.csv").is_file():
         parser.error(f"{args.dsb}: DSB2018 subset not found (expects images/, masks/, index.csv)")
@@ -94,13 +107,16 @@ def main() -> int:
         results[task] = []
         for seed in args.seeds:
             pair = {"seed": seed}
-            for precision in PRECISIONS:
-                run_dir = out / f"{task}-{seed}-{precision}"
+            for arm in arms:
+                precision, env = ARMS[arm]
+                run_dir = out / f"{task}-{seed}-{arm}"
                 start = time.perf_counter()
-                metrics = _train(task, data[task], run_dir, ["--seed", str(seed), "--precision", precision])
-                pair[precision] = _score(task, metrics)
-                pair[f"{precision}_seconds"] = round(time.perf_counter() - start, 1)
+                flags = ["--seed", str(seed), "--precision", precision]
+                pair[arm] = _score(task, _train(task, data[task], run_dir, flags, env))
+                pair[f"{arm}_seconds"] = round(time.perf_counter() - start, 1)
             pair["difference"] = pair["mixed_bfloat16"] - pair["float32"]
+            if "float32_eigen" in pair:
+                pair["control_difference"] = pair["float32_eigen"] - pair["float32"]
             results[task].append(pair)
             print(json.dumps(pair), flush=True)
 
@@ -113,15 +129,28 @@ def main() -> int:
     }
     print()
     for task, pairs in results.items():
-        differences = np.array([p["difference"] for p in pairs])
-        spread = float(differences.std(ddof=1)) if len(differences) > 1 else float("nan")
-        summary[f"{task}_mean_difference"] = float(differences.mean())
-        summary[f"{task}_difference_sd"] = spread
-        print(f"{task}: {measure[task]}, bfloat16 minus float32, seed by seed")
+        print(f"{task}: {measure[task]} by seed: float32, bfloat16 and control (each minus float32)")
         for p in pairs:
-            low, high = p["float32"], p["mixed_bfloat16"]
-            print(f"  seed {p['seed']}: {low:.4f} -> {high:.4f} ({p['difference']:+.4f})")
-        print(f"  mean {differences.mean():+.4f}, sd {spread:.4f} over {len(pairs)} seeds")
+            line = (
+                f"  seed {p['seed']}: {p['float32']:.4f}, {p['mixed_bfloat16']:.4f} ({p['difference']:+.4f})"
+            )
+            if "float32_eigen" in p:
+                line += f", {p['float32_eigen']:.4f} ({p['control_difference']:+.4f})"
+            print(line)
+        for name in ("difference", "control_difference"):
+            values = np.array([p[name] for p in pairs if name in p])
+            if not len(values):
+                continue
+            stats = {
+                "mean": float(values.mean()),
+                "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                "mean_magnitude": float(np.abs(values).mean()),
+            }
+            summary[f"{task}_{name}"] = stats
+            print(
+                f"  {name}: mean {stats['mean']:+.4f}, sd {stats['sd']:.4f}, mean magnitude "
+                f"{stats['mean_magnitude']:.4f} over {len(values)} seeds"
+            )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(out / "summary.json")
     return 0
