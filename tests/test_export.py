@@ -29,7 +29,7 @@ from export.__main__ import main as export_main
 from export.check import check_package
 from export.errors import ExportError
 from export.portable import portable_model
-from export.weights import write_onnx
+from export.weights import write_onnx, write_torchscript
 from training import denoise, segment
 from training.config import DenoiseConfig, build_config
 from training.images import percentile_normalize
@@ -235,8 +235,9 @@ def _odd_shapes(step: int) -> list[tuple[int, int, int]]:
     ],
     ids=["unet-batchnorm", "n2v2-blurpool-per-channel"],
 )
-def test_onnx_equals_keras_on_odd_sizes(name, options, tmp_path):
+def test_onnx_and_torchscript_equal_keras_on_odd_sizes(name, options, tmp_path):
     import onnxruntime
+    import torch
 
     model = zoo.build_model(name, **options)
     rng = np.random.default_rng(0)
@@ -248,12 +249,17 @@ def test_onnx_equals_keras_on_odd_sizes(name, options, tmp_path):
     portable = portable_model(model)
     write_onnx(portable, tmp_path / "m.onnx", input_id="raw", output_id="out")
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    portable.save(tmp_path / "m.keras")
+    write_torchscript(tmp_path / "m.keras", tmp_path / "m.pt")
+    traced = torch.jit.load(str(tmp_path / "m.pt"), map_location="cpu")
     step = zoo.model_geometry(model).step
     for batch, height, width in _odd_shapes(step):
         x = rng.normal(size=(batch, height, width, 2)).astype(np.float32)
         expected = np.asarray(model(x, training=False))
         np.testing.assert_array_equal(np.asarray(portable(x, training=False)), expected)
         np.testing.assert_allclose(session.run(None, {"raw": x})[0], expected, atol=1e-4)
+        with torch.no_grad():
+            np.testing.assert_allclose(traced(torch.from_numpy(x)).numpy(), expected, atol=1e-4)
 
 
 @pytest.mark.skipif(
