@@ -118,11 +118,11 @@ def test_input(run: Run, sizes: Tensors) -> np.ndarray:
 
 
 # What a consumer's run of the test may differ by, as a share of the test output's largest magnitude
-# (bioimageio.spec allows at most 1 %). The TorchScript trace records PyTorch's default `allow_tf32=True`
-# in each convolution, so on NVIDIA GPUs since Ampere the convolutions run in TF32 whatever the global
-# flags say. On an H100 that moved the network outputs by up to 9.9e-3 (U-Net probabilities) and 1.1e-2
-# (N2V, on a range of 17) from the CPU's, and the packages failed bioimage.io's default tolerance (1e-3
-# absolute and relative) until they declared this one (bench/package_torch.py, docs/benchmarks.md).
+# (bioimageio.spec allows at most 1 %). On an H100 the TorchScript weights' outputs differed from the
+# CPU's by up to 9.9e-3 (U-Net probabilities) and 1.1e-2 (N2V, on a range of 17), whatever the global TF32
+# flags; the trace records PyTorch's default `allow_tf32=True` in each convolution, so they run in TF32.
+# The packages failed bioimage.io's default tolerance (1e-3 absolute and relative) there until they
+# declared this one (bench/package_torch.py, docs/benchmarks.md).
 REPRODUCIBILITY = 0.005
 
 
