@@ -8,7 +8,8 @@ PyTorch consumers of a package (ilastik, bioimage.io's Python tools), and the wa
 on a GPU machine that has PyTorch but no TensorFlow. For each package:
 
 - `bioimageio.core.test_model(rdf, weight_format="torchscript", devices=[device])`, when bioimageio.core
-  can be imported: its status, which is a pass only when it reads `passed`.
+  can be imported (`export.check.test_model_check`): its status, which is a pass only when it reads
+  `passed`, and the messages of the tests that failed. The zip is opened with `export.check.safe_extract`.
 - The package's sample input, tiled to SIDE x SIDE and standardised, through the TorchScript module in
   one call on the device, in float32 and under autocast to float16 and bfloat16. (The trace fixes
   PyTorch's default `allow_tf32=True` in each convolution, so "float32" convolutions run in TF32 on
@@ -28,15 +29,18 @@ import statistics
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker_common import large_image
+
+from export.check import safe_extract, test_model_check
+from export.errors import ExportError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,17 +54,6 @@ def read_rdf(path: Path) -> dict:
 
         return YAML(typ="safe").load(path.read_text())
     return yaml.safe_load(path.read_text())
-
-
-def bioimageio_test(rdf: Path, device: str) -> str:
-    """The status of bioimageio.core's test of the TorchScript weights on `device`, or why it did not run."""
-    try:
-        from bioimageio.core import test_model
-    except ImportError as error:
-        return f"not run: {error}"
-    summary = test_model(rdf, weight_format="torchscript", devices=[device])
-    failed = [d.name for d in summary.details if d.status == "failed"]
-    return summary.status + (f" (failed: {'; '.join(failed)})" if failed else "")
 
 
 def speed(module, image: np.ndarray, device: str, repeats: int) -> list[dict]:
@@ -114,11 +107,12 @@ def measure(package: Path, device: str, side: int, repeats: int) -> dict:
     import torch
 
     with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch)
-        with zipfile.ZipFile(package) as archive:
-            archive.extractall(folder)
-        rdf = read_rdf(folder / "rdf.yaml")
-        status = bioimageio_test(folder / "rdf.yaml", device)
+        rdf_path = safe_extract(package, Path(scratch))
+        folder, rdf = rdf_path.parent, read_rdf(rdf_path)
+        try:
+            status = test_model_check(rdf_path, "torchscript", [device]).detail
+        except ImportError as error:
+            status = f"not run: {error}"
         module = torch.jit.load(str(folder / rdf["weights"]["torchscript"]["source"]), map_location=device)
         module.eval()
         sample = tifffile.imread(folder / rdf["inputs"][0]["sample_tensor"]["source"]).astype(np.float32)
@@ -142,9 +136,6 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
     args = parser.parse_args()
-    for package in args.packages:
-        if not zipfile.is_zipfile(package):
-            parser.error(f"{package}: not a zip file (an exported package.zip expected)")
     import torch
 
     machine = {
@@ -158,7 +149,10 @@ def main() -> int:
     print(f"# {machine['device']}, PyTorch {machine['torch']}, {size}, median of {args.repeats}")
     results = []
     for package in args.packages:
-        result = measure(package, args.device, args.side, args.repeats)
+        try:
+            result = measure(package, args.device, args.side, args.repeats)
+        except ExportError as error:
+            parser.error(str(error))
         results.append(result)
         test = f"bioimageio.core test_model (torchscript, {args.device})"
         print(f"\n{result['name']}: {test}: {result['test_model']}")

@@ -224,10 +224,11 @@ def onnx_checks(path: Path, input_id: str, output_id: str) -> list[Check]:
     ]
 
 
-def _test_model_check(rdf_path: Path, weight_format: str) -> Check:
+def test_model_check(rdf_path: Path, weight_format: str, devices: list[str] | None = None) -> Check:
+    """bioimageio.core's `test_model` of one weight format, on `devices` (its default: the CPU)."""
     from bioimageio.core import test_model
 
-    summary = test_model(rdf_path, weight_format=weight_format)
+    summary = test_model(rdf_path, weight_format=weight_format, devices=devices)
     failures = []
     for detail in summary.details:
         if detail.status != "passed":
@@ -333,7 +334,7 @@ def check_package(package: Path) -> list[Check]:
             checks += _guarded("Keras file", _keras_check, folder / weights["keras_v3"])
         for weight_format in weights:
             name = f"bioimageio.core test_model, {weight_format}"
-            checks += _guarded(name, _test_model_check, rdf_path, weight_format)
+            checks += _guarded(name, test_model_check, rdf_path, weight_format)
         if "keras_v3" in weights:
             checks += _guarded("ONNX and TorchScript against Keras", parity_checks, folder, descr, weights)
     return checks
