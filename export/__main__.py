@@ -10,60 +10,73 @@ one-line error and exit status 2.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from base.cli import dispatch, simple_command
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["check"]:
-        from export.check import main as check_main
+class ExportOptions(BaseModel):
+    """Options of `python -m export`, also the arguments of `export.package.export_run`'s metadata."""
 
-        return check_main(argv[1:])
+    model_config = ConfigDict(extra="forbid")
 
-    parser = argparse.ArgumentParser(
-        prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    run_dir: Path = Field(description="run folder of a training command", json_schema_extra={"positional": True})
+    out: Path = Field(description="package to write (.zip)")
+    overwrite: bool = Field(False, description="replace an existing package")
+    checkpoint: Literal["best", "last"] | None = Field(
+        None, description="checkpoint to export (default: the one the run's results come from)"
     )
-    parser.add_argument("run_dir", type=Path, help="run folder of python -m training.segment or .denoise")
-    parser.add_argument("--out", type=Path, required=True, help="package to write (.zip)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing package")
-    parser.add_argument(
-        "--checkpoint", choices=["best", "last"], default=None, help="default: the one the run evaluated"
+    name: str | None = Field(None, description="model name (default: from the task and run folder)")
+    description: str | None = Field(None, description="one-sentence description (default: from the task)")
+    author: list[str] = Field(
+        [],
+        description="'Name' or 'Name; affiliation; ORCID' (repeatable; default: your user name)",
+        json_schema_extra={"repeatable": True},
     )
-    parser.add_argument("--name", default=None, help="model name (default: from the task and run folder)")
-    parser.add_argument("--description", default=None, help="one-sentence description")
-    parser.add_argument(
-        "--author",
-        action="append",
-        default=[],
-        help="'Name' or 'Name; affiliation; ORCID' (repeatable; default: your user name)",
+    license: str = Field("MIT", description="SPDX licence id")
+    tag: list[str] = Field(
+        [], description="tag (repeatable; default: from the task)", json_schema_extra={"repeatable": True}
     )
-    parser.add_argument("--license", default="MIT", help="SPDX licence id (default: MIT)")
-    parser.add_argument("--tag", action="append", default=[], help="tag (repeatable; default: from the task)")
-    parser.add_argument("--version", default="0.1.0", help="version of the model (default: 0.1.0)")
-    args = parser.parse_args(argv)
+    version: str = Field("0.1.0", description="version of the model")
 
-    from export.errors import ExportError
+
+def export(options: ExportOptions) -> Path:
+    """Export a run folder as a checked package; returns the package's path."""
     from export.package import Metadata, export_run
 
     metadata = Metadata(
-        name=args.name,
-        description=args.description,
-        authors=args.author,
-        license=args.license,
-        tags=args.tag,
-        version=args.version,
+        name=options.name,
+        description=options.description,
+        authors=options.author,
+        license=options.license,
+        tags=options.tag,
+        version=options.version,
     )
-    try:
-        export_run(
-            args.run_dir, args.out, metadata=metadata, checkpoint=args.checkpoint, overwrite=args.overwrite
-        )
-    except ExportError as error:
-        for line in str(error).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        return 1 if "failed the checks" in str(error) else 2
-    return 0
+    return export_run(
+        options.run_dir, options.out, metadata=metadata, checkpoint=options.checkpoint, overwrite=options.overwrite
+    )
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m export RUN_DIR --out PACKAGE.zip`; returns the exit status."""
+    return simple_command(ExportOptions, export, argv, prog="python -m export", description=__doc__)
+
+
+def check_main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m export check PACKAGE.zip`; returns the exit status."""
+    from export.check import main
+
+    return main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m export`: `check` as the first word checks a package, anything else
+    exports a run folder."""
+    return dispatch(argv, {"export": export_main, "check": check_main}, default="export")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -30,8 +29,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from export.errors import ExportError
+from base.cli import simple_command
+from export.errors import ExportError, FailedChecks
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 JDLL_OPERATIONS = {
@@ -355,18 +356,26 @@ def _guarded(name: str, function, *args) -> list[Check]:
     return result if isinstance(result, list) else [result]
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m export check PACKAGE.zip", file=sys.stderr)
-        return 2
-    package = Path(argv[0])
-    try:
-        checks = check_package(package)
-    except ExportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for check in checks:
-        print(check.line())
+class CheckOptions(BaseModel):
+    """Options of `python -m export check`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    package: Path = Field(description="package to check (.zip)", json_schema_extra={"positional": True})
+
+
+def check(options: CheckOptions) -> None:
+    """Print every check of a package and a verdict; a failed check raises `FailedChecks`."""
+    checks = check_package(options.package)
+    for item in checks:
+        print(item.line())
     failed = [c for c in checks if not c.passed]
-    print(f"{package}: {'FAILED ' + str(len(failed)) + ' check(s)' if failed else 'all checks passed'}")
-    return 1 if failed else 0
+    if failed:
+        print(f"{options.package}: FAILED {len(failed)} check(s)")
+        raise FailedChecks(f"{options.package}: {len(failed)} check(s) failed")
+    print(f"{options.package}: all checks passed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m export check`; returns the exit status."""
+    return simple_command(CheckOptions, check, argv, prog="python -m export check", description=__doc__)

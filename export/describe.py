@@ -17,34 +17,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from export.processing import apply, postprocessing, preprocessing
+from export.processing import apply
 from export.run_folder import Run
 
 # Written as the format version: the last one in which documentation and covers may be plain strings.
 RDF_FORMAT_VERSION = "0.5.10"
-CLASS_NAMES = ("background", "interior", "boundary")
-
-CITATIONS = {
-    "unet": (
-        "Ronneberger, Fischer and Brox: U-Net: Convolutional Networks for Biomedical Image Segmentation. "
-        "MICCAI 2015.",
-        "10.1007/978-3-319-24574-4_28",
-    ),
-    "n2v": (
-        "Krull, Buchholz and Jug: Noise2Void - Learning Denoising from Single Noisy Images. CVPR 2019.",
-        "10.1109/CVPR.2019.00223",
-    ),
-    "n2v2": (
-        "Höck, Buchholz, Prakash et al.: N2V2 - Fixing Noise2Void Checkerboard Artifacts with Modified "
-        "Sampling Strategies and a Tweaked Network Architecture. ECCV 2022 Workshops.",
-        "10.1007/978-3-031-25069-9_33",
-    ),
-    "structn2v": (
-        "Broaddus, Krull, Weigert, Schmidt and Myers: Removing Structured Noise with Self-Supervised "
-        "Blind-Spot Networks. ISBI 2020.",
-        "10.1109/ISBI45749.2020.9098336",
-    ),
-}
 _ADJECTIVES = (
     "agile amber brave bright calm clever daring eager fancy gentle happy jolly keen lively lucky merry "
     "nimble noble proud quick quiet rapid shiny silent steady sunny swift tidy vivid warm wise witty"
@@ -85,10 +62,16 @@ def tensors(run: Run) -> Tensors:
     smallest multiple of it that leaves at least one pixel inside the output halo on both sides."""
     step, halo = run.geometry.step, run.geometry.border
     min_size = step * math.ceil((2 * halo + 1) / step)
-    channels = [f"channel{c}" for c in range(run.channels)]
-    if run.task == "segment":
-        return Tensors("raw", "probabilities", channels, list(CLASS_NAMES), step, min_size, halo)
-    return Tensors("noisy", "denoised", channels, channels, step, min_size, halo)
+    declared = run.declaration
+    return Tensors(
+        declared.input.id,
+        declared.output.id,
+        declared.input.channels,
+        declared.output.channels,
+        step,
+        min_size,
+        halo,
+    )
 
 
 def nickname(weights_sha256: str) -> str:
@@ -135,9 +118,9 @@ def absolute_tolerance(output: np.ndarray) -> float:
 def test_output(run: Run, model: keras.Model, raw: np.ndarray) -> np.ndarray:
     """What a consumer must compute from the test input: pre-processing, the whole input through the
     network at once (no halo padding, no tiling), post-processing."""
-    normalized = apply(preprocessing(run), raw)
+    normalized = apply(run.declaration.input.processing, raw)
     output = np.asarray(model(tf.constant(normalized), training=False), np.float32)
-    return apply(postprocessing(run), output)
+    return apply(run.declaration.output.processing, output)
 
 
 def _display(image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -146,15 +129,14 @@ def _display(image: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def cover(run: Run, raw: np.ndarray, output: np.ndarray) -> np.ndarray:
-    """A 2:1 RGB picture: the test input (first channel) beside the model's output."""
+    """A 2:1 RGB picture: the test input (first channel) beside the model's output (class probabilities
+    mixed in the declared colours, or an image in the input's display range)."""
     image = raw[0, ..., 0]
     low, high = np.percentile(image, (1, 99.8))
     left = np.repeat(_display(image, low, high)[..., None], 3, axis=-1)
-    if run.task == "segment":
-        # interior in green, boundary in magenta, background dark
-        probabilities = output[0]
-        colours = np.array([[0, 0, 0], [60, 220, 90], [230, 60, 200]], np.float64)
-        right = (probabilities @ colours).clip(0, 255).round().astype(np.uint8)
+    colours = run.declaration.cover_colours
+    if colours is not None:
+        right = (output[0] @ np.array(colours, np.float64)).clip(0, 255).round().astype(np.uint8)
     else:
         right = np.repeat(_display(output[0, ..., 0], low, high)[..., None], 3, axis=-1)
     gap = np.full((image.shape[0], max(image.shape[1] // 32, 2), 3), 255, np.uint8)

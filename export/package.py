@@ -25,9 +25,8 @@ import tensorflow as tf
 from export import describe
 from export.describe import Metadata, Tensors
 from export.documentation import documentation
-from export.errors import ExportError
+from export.errors import ExportError, FailedChecks
 from export.portable import portable_model
-from export.processing import postprocessing, preprocessing
 from export.run_folder import Run, read_run
 from export.weights import ONNX_OPSET, torch_version, write_onnx, write_torchscript
 
@@ -70,32 +69,20 @@ def _axes(sizes: Tensors, v0_5, *, output: bool) -> list:
 
 
 def _processing(operations, v0_5) -> list:
+    """The rdf descriptions of declared operations, checked by bioimageio.spec's own classes."""
+    descriptions = {
+        "scale_range": (v0_5.ScaleRangeDescr, v0_5.ScaleRangeKwargs, v0_5.ScaleRangeKwargs),
+        "fixed_zero_mean_unit_variance": (
+            v0_5.FixedZeroMeanUnitVarianceDescr,
+            v0_5.FixedZeroMeanUnitVarianceKwargs,
+            v0_5.FixedZeroMeanUnitVarianceAlongAxisKwargs,
+        ),
+        "scale_linear": (v0_5.ScaleLinearDescr, v0_5.ScaleLinearKwargs, v0_5.ScaleLinearAlongAxisKwargs),
+    }
     descrs = []
     for op in operations:
-        k = dict(op.kwargs)
-        if op.id == "scale_range":
-            descrs.append(
-                v0_5.ScaleRangeDescr(
-                    kwargs=v0_5.ScaleRangeKwargs(
-                        axes=[v0_5.AxisId(a) for a in k["axes"]],
-                        min_percentile=k["min_percentile"],
-                        max_percentile=k["max_percentile"],
-                        eps=k["eps"],
-                    )
-                )
-            )
-        elif op.id == "fixed_zero_mean_unit_variance":
-            kwargs = (
-                v0_5.FixedZeroMeanUnitVarianceAlongAxisKwargs(**k)
-                if "axis" in k
-                else v0_5.FixedZeroMeanUnitVarianceKwargs(**k)
-            )
-            descrs.append(v0_5.FixedZeroMeanUnitVarianceDescr(kwargs=kwargs))
-        elif op.id == "scale_linear":
-            kwargs = v0_5.ScaleLinearAlongAxisKwargs(**k) if "axis" in k else v0_5.ScaleLinearKwargs(**k)
-            descrs.append(v0_5.ScaleLinearDescr(kwargs=kwargs))
-        else:
-            raise ValueError(f"no rdf description for operation {op.id!r}")
+        descr, plain, along_axis = descriptions[op.id]
+        descrs.append(descr(kwargs=(along_axis if "axis" in op.kwargs else plain)(**op.kwargs)))
     return descrs
 
 
@@ -114,38 +101,6 @@ def getpass_name() -> str:
         return getpass.getuser()
     except Exception:  # no user name in the environment (some containers)
         return "anonymous"
-
-
-def _cite(run: Run, v0_5) -> list:
-    keys = ["unet"] if run.task == "segment" else ["n2v"]
-    if run.config.get("model") == "n2v2":
-        keys.append("n2v2")
-    if run.config.get("struct_axis") is not None:
-        keys.append("structn2v")
-    return [
-        v0_5.CiteEntry(text=text, doi=v0_5.Doi(doi))
-        for text, doi in (describe.CITATIONS[key] for key in keys)
-    ]
-
-
-def _default_text(run: Run) -> tuple[str, str, list[str]]:
-    if run.task == "segment":
-        name = f"U-Net cell segmentation ({run.folder.name})"
-        text = (
-            "2D U-Net that classifies every pixel as background, cell interior or cell boundary "
-            "(softmax probabilities), trained with bioimage-keras-zoo; instances follow from a seeded "
-            "watershed of the interior probabilities."
-        )
-        tags = ["segmentation", "instance-segmentation", "unet", "2d", "keras", "cells"]
-    else:
-        model = run.config.get("model", "n2v")
-        name = f"{'N2V2' if model == 'n2v2' else 'Noise2Void'} denoising ({run.folder.name})"
-        text = (
-            f"Self-supervised {'N2V2' if model == 'n2v2' else 'Noise2Void'} denoiser trained on the noisy "
-            "images alone with bioimage-keras-zoo; output in the input's intensities."
-        )
-        tags = ["denoising", "noise2void", model, "self-supervised", "2d", "keras"]
-    return name, text, tags
 
 
 def build_description(run: Run, staging: Path, metadata: Metadata) -> dict:
@@ -176,10 +131,9 @@ def build_description(run: Run, staging: Path, metadata: Metadata) -> dict:
     describe.write_image(staging / "sample_input.tif", raw[0])
     describe.write_image(staging / "sample_output.tif", output[0])
     describe.write_image(staging / "cover.png", describe.cover(run, raw, output))
-    default_name = _default_text(run)[0]
     nickname = describe.nickname(describe.sha256(keras_file))
     (staging / "documentation.md").write_text(
-        documentation(run, sizes, name=metadata.name or default_name, torchscript=torch is not None)
+        documentation(run, sizes, name=metadata.name or run.declaration.name, torchscript=torch is not None)
     )
 
     try:
@@ -207,7 +161,7 @@ def _model_descr(run: Run, staging: Path, metadata: Metadata, sizes: Tensors, *,
     from bioimageio.spec import ValidationContext
     from bioimageio.spec.model import v0_5
 
-    default_name, default_text, default_tags = _default_text(run)
+    declared = run.declaration
     with ValidationContext(root=staging, file_name=RDF_FILE, perform_io_checks=True):
         weights = v0_5.WeightsDescr(
             keras_v3=v0_5.KerasV3WeightsDescr(
@@ -225,12 +179,12 @@ def _model_descr(run: Run, staging: Path, metadata: Metadata, sizes: Tensors, *,
             ),
         )
         descr = v0_5.ModelDescr(
-            name=metadata.name or default_name,
-            description=metadata.description or default_text,
+            name=metadata.name or declared.name,
+            description=metadata.description or declared.description,
             authors=_authors(metadata, v0_5),
-            cite=_cite(run, v0_5),
+            cite=[v0_5.CiteEntry(text=c.text, doi=v0_5.Doi(c.doi)) for c in declared.cite],
             license=v0_5.LicenseId(metadata.license),
-            tags=metadata.tags or default_tags,
+            tags=metadata.tags or declared.tags,
             version=metadata.version,
             documentation=v0_5.FileDescr(source="documentation.md"),
             covers=[v0_5.FileDescr(source="cover.png")],
@@ -242,7 +196,7 @@ def _model_descr(run: Run, staging: Path, metadata: Metadata, sizes: Tensors, *,
                     test_tensor=v0_5.FileDescr(source="test_input.npy"),
                     sample_tensor=v0_5.FileDescr(source="sample_input.tif"),
                     data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-                    preprocessing=_processing(preprocessing(run), v0_5),
+                    preprocessing=_processing(declared.input.processing, v0_5),
                 )
             ],
             outputs=[
@@ -252,7 +206,7 @@ def _model_descr(run: Run, staging: Path, metadata: Metadata, sizes: Tensors, *,
                     test_tensor=v0_5.FileDescr(source="test_output.npy"),
                     sample_tensor=v0_5.FileDescr(source="sample_output.tif"),
                     data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-                    postprocessing=_processing(postprocessing(run), v0_5),
+                    postprocessing=_processing(declared.output.processing, v0_5),
                 )
             ],
             weights=weights,
@@ -340,6 +294,6 @@ def export_run(
             passed, report = run_checks(tmp)
             print(report.replace(str(tmp), str(out)))
             if not passed:
-                raise ExportError(f"{out}: not written, the package failed the checks above")
+                raise FailedChecks(f"{out}: not written, the package failed the checks above")
     print(f"package: {out}")
     return out

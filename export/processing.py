@@ -1,68 +1,45 @@
-"""The normalisation of a run, as bioimage.io pre- and post-processing operations.
+"""bioimage.io's pre- and post-processing formulas, computed here for a package's test tensors.
 
-Training normalises in numpy; a package must make every consumer (bioimageio.core, deepImageJ, ilastik)
-normalise the same way, so it declares the same formulas as rdf operations, chosen among those that
-deepImageJ's JDLL implements:
+A run's task declares its normalisation as rdf operations (`export.declaration`), chosen among those that
+deepImageJ's JDLL implements, so every consumer (bioimageio.core, deepImageJ, ilastik) normalises as
+training did:
 
-- segmentation: `scale_range` per image and channel over (y, x), percentiles as in training,
-  `(x - p_low) / (p_high - p_low + 1e-6)`; the softmax stays inside the network, so no post-processing;
-- denoising: `fixed_zero_mean_unit_variance` with the training mean and std, `(x - mean) / (std + 1e-6)`,
-  and `scale_linear` back to the input's intensities, `y * (std + 1e-6) + mean`.
-
-`apply` computes the same formulas here, for the package's test tensors.
+- `scale_range` per image and channel over (y, x): `(x - p_low) / (p_high - p_low + eps)`;
+- `fixed_zero_mean_unit_variance`: `(x - mean) / (std + 1e-6)`;
+- `scale_linear`: `x * gain + offset`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from export.run_folder import Run
+from export.declaration import Operation
 
 EPS = 1e-6  # bioimage.io's epsilon of scale_range and fixed_zero_mean_unit_variance
 
 
-@dataclass(frozen=True)
-class Operation:
-    """One rdf processing step: its id and kwargs as they appear in rdf.yaml."""
-
-    id: str
-    kwargs: dict = field(default_factory=dict)
-
-
-def _per_channel(name: str, values: list[float]) -> dict:
-    # One channel: a plain number (the form every consumer reads); more: a list along the channel axis.
-    return {name: float(values[0])} if len(values) == 1 else {name: [float(v) for v in values]}
+def _per_channel(**values: list[float]) -> dict:
+    # One channel: plain numbers (the form every consumer reads); more: lists along the channel axis.
+    if len(next(iter(values.values()))) == 1:
+        return {name: float(v[0]) for name, v in values.items()}
+    return {name: [float(x) for x in v] for name, v in values.items()} | {"axis": "c"}
 
 
-def preprocessing(run: Run) -> list[Operation]:
-    if run.task == "segment":
-        kwargs = {
-            # Per image and channel: percentiles over (y, x), as in training. Leaving `axes` out would
-            # make bioimageio.core reduce over the batch too (dataset statistics).
-            "axes": ["y", "x"],
-            "min_percentile": float(run.config["percentile_low"]),
-            "max_percentile": float(run.config["percentile_high"]),
-            "eps": EPS,
-        }
-        return [Operation("scale_range", kwargs)]
-    stats = run.normalization
-    kwargs = _per_channel("mean", stats["mean"]) | _per_channel("std", stats["std"])
-    if run.channels > 1:
-        kwargs["axis"] = "c"
-    return [Operation("fixed_zero_mean_unit_variance", kwargs)]
+def scale_range(min_percentile: float, max_percentile: float) -> Operation:
+    """Per image and channel: percentiles over (y, x). Leaving `axes` out would make bioimageio.core
+    reduce over the batch too (dataset statistics)."""
+    kwargs = {"axes": ["y", "x"], "min_percentile": float(min_percentile), "eps": EPS}
+    return Operation(id="scale_range", kwargs=kwargs | {"max_percentile": float(max_percentile)})
 
 
-def postprocessing(run: Run) -> list[Operation]:
-    if run.task == "segment":
-        return []
-    stats = run.normalization
-    gain = [s + EPS for s in stats["std"]]
-    kwargs = _per_channel("gain", gain) | _per_channel("offset", stats["mean"])
-    if run.channels > 1:
-        kwargs["axis"] = "c"
-    return [Operation("scale_linear", kwargs)]
+def fixed_zero_mean_unit_variance(mean: list[float], std: list[float]) -> Operation:
+    """`(x - mean) / (std + 1e-6)` with fixed per-channel statistics."""
+    return Operation(id="fixed_zero_mean_unit_variance", kwargs=_per_channel(mean=mean, std=std))
+
+
+def scale_linear(gain: list[float], offset: list[float]) -> Operation:
+    """`x * gain + offset` per channel."""
+    return Operation(id="scale_linear", kwargs=_per_channel(gain=gain, offset=offset))
 
 
 def apply(operations: list[Operation], image: np.ndarray) -> np.ndarray:

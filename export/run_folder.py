@@ -1,16 +1,13 @@
 """What an export reads from a run folder, checked before anything is built.
 
-A run folder of `python -m training.segment` or `python -m training.denoise` holds everything an export
-needs: `config.json` (the resolved options), the checkpoints, `metrics.json` (held-out scores),
-`normalization.json` (denoising: training mean and std), `postprocessing.json` (segmentation: thresholds
-chosen on the validation images) and `sample.npy` (one raw held-out image). The training code itself is
-never imported: a package can be made wherever this project and its models (`zoo`) are installed.
+An export reads the checkpoint, `sample.npy` (one raw held-out image) and `declaration.json` (what the
+run's task declares for its package; see `export.declaration`), and `config.json` only for its schema
+version. The training code is never imported: a package can be made wherever this project and its models
+(`zoo`) are installed.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,20 +15,17 @@ import keras
 import numpy as np
 
 import zoo  # registers the project's layers, which the checkpoints use
+from base.errors import UserInputError
+from base.run_folder import (
+    CONFIG_FILE,
+    DECLARATION_FILE,
+    SAMPLE_FILE,
+    check_schema,
+    checkpoint_file,
+    read_record,
+)
+from export.declaration import Declaration, read_declaration
 from export.errors import ExportError
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-NORMALIZATION_FILE = "normalization.json"
-POSTPROCESSING_FILE = "postprocessing.json"
-SAMPLE_FILE = "sample.npy"
-CHECKPOINTS = {"best": "best.keras", "last": "last.keras"}
-TASKS = ("segment", "denoise")
-# The options an export reads; a config.json without them is not from a run of this project.
-REQUIRED_OPTIONS = {
-    "segment": ("model", "depth", "percentile_low", "percentile_high"),
-    "denoise": ("model", "depth"),
-}
 
 
 @dataclass
@@ -39,47 +33,15 @@ class Run:
     """A finished run, as an export sees it."""
 
     folder: Path
-    task: str
-    config: dict
+    declaration: Declaration
     checkpoint: Path
     model: keras.Model
     geometry: zoo.Geometry
     sample: np.ndarray  # one raw held-out image, (Y, X, C)
-    metrics: dict
-    normalization: dict | None  # denoising: {"mean": [...], "std": [...]} per channel
-    postprocessing: dict | None  # segmentation: the tuned thresholds, if the run tuned them
 
     @property
     def channels(self) -> int:
         return int(self.model.input_shape[-1])
-
-
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise ExportError(f"{path.parent}: incomplete run folder (no {path.name}: {what})")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ExportError(f"{path}: unreadable ({error})") from None
-    if not isinstance(data, dict):
-        raise ExportError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
-def _check_stats(stats: dict, path: Path, channels: int) -> dict:
-    for key in ("mean", "std"):
-        values = stats.get(key)
-        if (
-            not isinstance(values, list)
-            or len(values) != channels
-            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
-        ):
-            raise ExportError(
-                f"{path}: '{key}' must be a list of {channels} finite numbers, found {values!r}"
-            )
-    if min(stats["std"]) <= 0:
-        raise ExportError(f"{path}: 'std' must be positive, found {stats['std']}")
-    return stats
 
 
 def _read_sample(path: Path, channels: int) -> np.ndarray:
@@ -99,27 +61,24 @@ def _read_sample(path: Path, channels: int) -> np.ndarray:
     return sample
 
 
+def _as_export_error(function, *args):
+    try:
+        return function(*args)
+    except ExportError:
+        raise
+    except UserInputError as error:
+        raise ExportError(str(error)) from None
+
+
 def read_run(folder: Path, checkpoint: str | None = None) -> Run:
-    """Read and check a run folder; `checkpoint` is `best`, `last` or None (the task's default)."""
+    """Read and check a run folder; `checkpoint` is `best`, `last` or None (the one the run's results
+    come from, as its declaration says)."""
     if not folder.is_dir():
         raise ExportError(f"{folder}: no such run folder")
-    config = _read_json(folder / CONFIG_FILE, "the run's options")
-    task = config.get("task")
-    if task not in TASKS:
-        raise ExportError(f"{folder / CONFIG_FILE}: 'task' must be one of {', '.join(TASKS)}, found {task!r}")
-    missing = [key for key in REQUIRED_OPTIONS[task] if key not in config]
-    if missing:
-        raise ExportError(f"{folder / CONFIG_FILE}: missing option(s) {', '.join(missing)}")
-    metrics = _read_json(folder / METRICS_FILE, "the held-out evaluation, written when training ends")
-
-    # The checkpoint that training evaluated: best for segmentation, last for denoising (see training).
-    name = checkpoint or metrics.get("checkpoint", CHECKPOINTS["best" if task == "segment" else "last"])
-    name = CHECKPOINTS.get(name, name)
-    if name not in CHECKPOINTS.values():
-        raise ExportError(f"{folder}: unknown checkpoint {checkpoint!r} (best or last)")
-    path = folder / name
-    if not path.is_file():
-        raise ExportError(f"{folder}: incomplete run folder (no {name})")
+    config = _as_export_error(read_record, folder / CONFIG_FILE, "the run's options")
+    _as_export_error(check_schema, folder, config)
+    declaration = _as_export_error(read_declaration, folder)
+    path = _as_export_error(checkpoint_file, folder, checkpoint or declaration.checkpoint)
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a damaged file; all mean the same here
@@ -131,24 +90,17 @@ def read_run(folder: Path, checkpoint: str | None = None) -> Run:
     except (NotImplementedError, ValueError) as error:
         raise ExportError(f"{path}: cannot derive the model's halo ({error})") from None
     channels = int(model.input_shape[-1])
-
-    normalization = postprocessing = None
-    if task == "denoise":
-        stats_path = folder / NORMALIZATION_FILE
-        normalization = _check_stats(
-            _read_json(stats_path, "the training mean and std"), stats_path, channels
+    declared = (len(declaration.input.channels), len(declaration.output.channels))
+    if declared != (channels, int(model.output_shape[-1])):
+        raise ExportError(
+            f"{folder / DECLARATION_FILE}: declares {declared[0]} input and {declared[1]} output "
+            f"channel(s), but {path.name} has {channels} and {model.output_shape[-1]}"
         )
-    elif (folder / POSTPROCESSING_FILE).is_file():
-        postprocessing = _read_json(folder / POSTPROCESSING_FILE, "the tuned thresholds")
     return Run(
         folder=folder,
-        task=task,
-        config=config,
+        declaration=declaration,
         checkpoint=path,
         model=model,
         geometry=geometry,
         sample=_read_sample(folder / SAMPLE_FILE, channels),
-        metrics=metrics,
-        normalization=normalization,
-        postprocessing=postprocessing,
     )

@@ -15,7 +15,7 @@ import training.segment
 from training.callbacks import epoch_schedule
 from training.cli import config_from_args, config_parser
 from training.config import SegmentConfig
-from training.errors import UserInputError
+from base.errors import UserInputError
 
 
 def _config(*argv: str) -> SegmentConfig:

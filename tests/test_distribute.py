@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.errors import UserInputError
+from base.errors import UserInputError
 from training.multiworker import ClusterTask, cluster_task
 
 # Runs `training.segment.main` on each argument list given as JSON, with the CPU split in two; exits with

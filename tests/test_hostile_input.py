@@ -23,7 +23,7 @@ from hypothesis.extra import numpy as hnp
 from training import segment
 from training.config import DenoiseConfig, SegmentConfig, build_config, read_config_file
 from training.denoise import load_noisy_images
-from training.errors import UserInputError
+from base.errors import UserInputError
 from training.images import MAX_CHANNELS, MAX_IMAGE_BYTES, read_image, read_image_slices, read_mask
 
 SETTINGS = settings(

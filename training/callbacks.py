@@ -22,53 +22,23 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from base.run_folder import (
+    BEST_CHECKPOINT,
+    HISTORY_FILE,
+    LAST_CHECKPOINT,
+    PARTIAL_CHECKPOINT_SUFFIX,
+    PERIODIC_CHECKPOINTS_DIR,
+    PLOT_FILE,
+    STATE_FILE,
+)
 from training.config import TrainingConfig
 from training.files import atomic_target, write_atomic
-
-STATE_FILE = "state.json"
-HISTORY_FILE = "history.csv"
-LAST_CHECKPOINT = "last.keras"
-BEST_CHECKPOINT = "best.keras"
-PLOT_FILE = "curves.png"
-# Files of a run folder that `write_atomic` writes (their temporaries are `.NAME.<random>`).
-_TEMPORARY_PREFIXES = tuple(
-    f".{name}."
-    for name in (
-        HISTORY_FILE,
-        STATE_FILE,
-        PLOT_FILE,
-        "config.json",
-        "split.json",
-        "data.json",
-        "metrics.json",
-        "normalization.json",
-        "postprocessing.json",
-        "sample.npy",
-        "package.zip",  # export's temporary is `.package.zip.<random>.partial`
-    )
-)
-
 
 def save_model_atomic(model: keras.Model, path: Path) -> None:
     """Save a `.keras` file through `atomic_target` (a temporary name ending in `.partial.keras`: Keras
     insists on the suffix)."""
-    with atomic_target(path, suffix=".partial.keras") as tmp:
+    with atomic_target(path, suffix=PARTIAL_CHECKPOINT_SUFFIX) as tmp:
         model.save(tmp)
-
-
-def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Remove the temporary files that a killed process left in a run folder: the hidden names that
-    `write_atomic` (`.NAME.<random>`) and `save_model_atomic` (`... .partial.keras`) write first."""
-    stale = [
-        path
-        for path in run_dir.iterdir()
-        if path.is_file()
-        and path.name.startswith(".")
-        and (path.name.endswith(".partial.keras") or path.name.startswith(_TEMPORARY_PREFIXES))
-    ]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
 
 
 def epoch_schedule(config: TrainingConfig) -> Callable[[int, float], float] | None:
@@ -285,7 +255,7 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, run_dir: Path, every: int):
         super().__init__()
-        self.folder = run_dir / "checkpoints"
+        self.folder = run_dir / PERIODIC_CHECKPOINTS_DIR
         self.every = every
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

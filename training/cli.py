@@ -1,87 +1,62 @@
-"""Command-line plumbing shared by the entry points: flags generated from a config class, error handling.
-
-Every config field becomes a flag (`patch_size` -> `--patch-size`), with the field's description as help,
-so the command line, the JSON config file and `config.json` in a run folder always agree.
-"""
+"""The training commands (`python -m training.segment`, `.denoise`, `.care`): a task's options become
+flags through `base.cli`, beside `--config FILE` (the same options as JSON) and `--resume RUN_DIR`."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-import types
-import typing
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from training.config import TrainingConfig, build_config, read_config_file
-from training.errors import UserInputError
-
-
-def _flag_kwargs(annotation: Any) -> dict[str, Any]:
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        return _flag_kwargs(args[0])
-    if annotation is bool:
-        return {"action": argparse.BooleanOptionalAction}
-    if origin is typing.Literal:
-        return {"choices": list(args)}
-    if origin is list:
-        return {"nargs": "+"}
-    return {}
+from base.cli import build_options, given_values, options_parser, read_options_file, run_command
+from base.errors import UserInputError
+from training.config import TrainingConfig
+from training.task import Task
+from training.tasks import get_task
 
 
-def config_parser(cls: type[TrainingConfig], *, prog: str, description: str) -> argparse.ArgumentParser:
-    """An argument parser with `--config`, `--resume` and one flag per field of `cls` (default: unset)."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+def training_parser(task: Task) -> argparse.ArgumentParser:
+    """The parser of a task's training command: one flag per option, `--config` and `--resume`."""
+    parser = options_parser(
+        task.options,
+        prog=f"python -m training.{task.name}",
+        description=task.summary,
+        group="options (also accepted as keys of --config)",
     )
     parser.add_argument("--config", type=Path, help="JSON file of options (flags override it)")
     parser.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
     )
-    options = parser.add_argument_group("options (also accepted as keys of --config)")
-    for name, field in cls.model_fields.items():
-        if name == "task":
-            continue  # fixed by the entry point
-        options.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            default=None,
-            help=f"{field.description} [default: {field.default}]",
-            **_flag_kwargs(field.annotation),
-        )
     return parser
 
 
-def config_from_args(cls: type[TrainingConfig], args: argparse.Namespace) -> tuple[TrainingConfig, dict]:
-    """The validated config from defaults < `--config` file < flags, and the flags that were given."""
-    values: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    flags = {name: getattr(args, name) for name in cls.model_fields if getattr(args, name, None) is not None}
-    values.update(flags)
-    source = f"{args.config} + command line" if args.config else "command line"
-    return build_config(cls, values, source=source), flags
+def resume_config(task: Task, run_dir: Path, overrides: dict) -> TrainingConfig:
+    """The config to continue `run_dir` with: its own, upgraded to this schema, with `overrides`."""
+    from training.runs import resumed_config
+    from training.upgrade import current_config
+
+    values = current_config(run_dir)
+    if values.get("task") != task.name:
+        raise UserInputError(
+            f"{run_dir}: a run of task {values.get('task')!r}; resume it with "
+            f"python -m training.{values.get('task')} --resume {run_dir}"
+        )
+    return resumed_config(run_dir, task.options, values, overrides)
 
 
-def resume_flags(cls: type[TrainingConfig], args: argparse.Namespace) -> dict:
-    """The flags given on the command line, unvalidated: a resumed run checks them against its own config."""
-    return {name: getattr(args, name) for name in cls.model_fields if getattr(args, name, None) is not None}
+def task_main(name: str, argv: list[str] | None = None) -> int:
+    """A training command: parse, then start a run or resume one; returns the exit status."""
+    task = get_task(name)
+    args = training_parser(task).parse_args(argv)
 
+    def body():
+        from training.core import train
 
-def run_main(body: Callable[[], Any]) -> int:
-    """Run an entry point body: a `UserInputError` becomes its message on stderr and exit status 2,
-    Ctrl-C exit status 130."""
-    # Progress lines should reach a log file as they happen, not when a buffer fills.
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(line_buffering=True)
-    try:
-        body()
-    except UserInputError as error:
-        for line in str(error).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+        values = read_options_file(args.config) if args.config else {}
+        values |= given_values(task.options, args)
+        if args.resume is not None:
+            config = resume_config(task, args.resume, values)
+        else:
+            source = f"{args.config} + command line" if args.config else "command line"
+            config = build_options(task.options, values, source=source)
+        train(task, config, resume_dir=args.resume)
+
+    return run_command(body)

@@ -1,9 +1,14 @@
-"""Segmentation datasets: find image/mask pairs in a folder, split them, read and check every file.
+"""Datasets of file pairs: find image/mask (or input/target) pairs in a folder, split them, and for
+segmentation read and check every file.
 
 Layouts understood, in this order:
 1. `DATA/images/NAME.tif` + `DATA/masks/NAME.tif`, split by a CSV (`--split-csv`, or `DATA/index.csv`) with
-   columns `name` and `split` (train / val / test), else by a seeded random split;
-2. `DATA/train/{images,masks}`, `DATA/val/...`, `DATA/test/...`: the folders are the split.
+   columns `name` and `split` (train / val / test);
+2. `DATA/train/{images,masks}`, `DATA/val/...`, `DATA/test/...`: the folders are the split;
+3. `DATA/images` + `DATA/masks` with no CSV: a seeded random split.
+
+Other tasks with pairs of files (CARE: `low/` and `high/`) use the same layouts with their own folder
+names (`PairLayout`).
 
 Every file is checked before training starts, and all problems are reported together, one line per file,
 so a user fixes a folder in one go.
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.errors import UserInputError
+from base.errors import UserInputError
 from training.images import list_images, percentile_normalize, read_image, read_mask
 from training.targets import instance_to_classes
 
@@ -34,35 +39,73 @@ class Sample:
     classes: np.ndarray
 
 
+@dataclass(frozen=True)
+class PairLayout:
+    """Where the two files of a pair lie in a data folder, and what they are called in messages."""
+
+    inputs: str = "images"
+    targets: str = "masks"
+    input_noun: str = "image"
+    target_noun: str = "mask"
+
+
+SEGMENTATION_LAYOUT = PairLayout()
+
+
 @dataclass
 class PairSplit:
-    """Image/mask file pairs of each split."""
+    """Input/target file pairs of each split, found in `data_dir`."""
 
+    data_dir: Path
+    layout: PairLayout = SEGMENTATION_LAYOUT
     pairs: dict[str, list[tuple[Path, Path]]] = field(default_factory=lambda: {s: [] for s in SPLITS})
     source: str = "random"
 
-    def as_names(self) -> dict[str, list[str]]:
-        return {split: [image.name for image, _ in pairs] for split, pairs in self.pairs.items()}
+
+def split_record(split: PairSplit, data_dir: Path) -> dict:
+    """split.json: the data folder (where it is now), how the split was made and the pairs of each split."""
+    return {
+        "data_dir": str(data_dir),
+        "source": split.source,
+        "layout": [split.layout.inputs, split.layout.targets],
+        "pairs": {name: [(a.name, b.name) for a, b in split.pairs[name]] for name in SPLITS},
+    }
 
 
-def _pairs_in(folder: Path) -> list[tuple[Path, Path]]:
-    images_dir, masks_dir = folder / "images", folder / "masks"
-    for sub in (images_dir, masks_dir):
+def split_from_record(record: dict) -> PairSplit:
+    """The split of a run, from its split.json (runs of schema 1 have no layout: images and masks)."""
+    data_dir = Path(record["data_dir"])
+    inputs, targets = record.get("layout", (SEGMENTATION_LAYOUT.inputs, SEGMENTATION_LAYOUT.targets))
+    layout = PairLayout(inputs, targets) if (inputs, targets) != ("images", "masks") else SEGMENTATION_LAYOUT
+    split = PairSplit(data_dir=data_dir, layout=layout, source=record["source"])
+    for name in SPLITS:
+        folder = data_dir / name if record["source"] == "folders" else data_dir
+        split.pairs[name] = [(folder / inputs / a, folder / targets / b) for a, b in record["pairs"][name]]
+    return split
+
+
+def _pairs_in(folder: Path, layout: PairLayout) -> list[tuple[Path, Path]]:
+    inputs_dir, targets_dir = folder / layout.inputs, folder / layout.targets
+    for sub in (inputs_dir, targets_dir):
         if not sub.is_dir():
-            raise UserInputError(f"{sub}: folder not found (expected {folder}/images and {folder}/masks)")
-    images = {p.stem: p for p in list_images(images_dir)}
-    masks = {p.stem: p for p in list_images(masks_dir)}
+            raise UserInputError(
+                f"{sub}: folder not found (expected {folder}/{layout.inputs} and {folder}/{layout.targets})"
+            )
+    inputs = {p.stem: p for p in list_images(inputs_dir)}
+    targets = {p.stem: p for p in list_images(targets_dir)}
     problems = [
-        f"{images[n]}: image has no mask in {masks_dir}" for n in sorted(images.keys() - masks.keys())
+        f"{inputs[n]}: {layout.input_noun} has no {layout.target_noun} in {targets_dir}"
+        for n in sorted(inputs.keys() - targets.keys())
     ]
     problems += [
-        f"{masks[n]}: mask has no image in {images_dir}" for n in sorted(masks.keys() - images.keys())
+        f"{targets[n]}: {layout.target_noun} has no {layout.input_noun} in {inputs_dir}"
+        for n in sorted(targets.keys() - inputs.keys())
     ]
     if problems:
         raise UserInputError("\n".join(problems))
-    if not images:
-        raise UserInputError(f"{images_dir}: no images (.tif, .tiff, .png) found")
-    return [(images[n], masks[n]) for n in sorted(images)]
+    if not inputs:
+        raise UserInputError(f"{inputs_dir}: no images (.tif, .tiff, .png) found")
+    return [(inputs[n], targets[n]) for n in sorted(inputs)]
 
 
 def _read_split_csv(path: Path) -> dict[str, str]:
@@ -86,19 +129,21 @@ def find_pairs(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 0,
+    layout: PairLayout = SEGMENTATION_LAYOUT,
 ) -> PairSplit:
-    """Find the image/mask pairs of `data_dir` and assign each to train, val or test."""
+    """Find the input/target pairs of `data_dir` and assign each to train, val or test: by `split_csv`
+    (or `DATA/index.csv`), else by `train/ val/ test/` sub-folders, else at random."""
     if not data_dir.is_dir():
         raise UserInputError(f"{data_dir}: data folder not found")
-    split = PairSplit()
-    if (data_dir / "train").is_dir():
+    split = PairSplit(data_dir=data_dir, layout=layout)
+    split_csv = split_csv or (data_dir / "index.csv" if (data_dir / "index.csv").is_file() else None)
+    if split_csv is None and (data_dir / "train").is_dir():
         for name in SPLITS:
             if (data_dir / name).is_dir():
-                split.pairs[name] = _pairs_in(data_dir / name)
+                split.pairs[name] = _pairs_in(data_dir / name, layout)
         split.source = "folders"
     else:
-        pairs = _pairs_in(data_dir)
-        split_csv = split_csv or (data_dir / "index.csv" if (data_dir / "index.csv").is_file() else None)
+        pairs = _pairs_in(data_dir, layout)
         if split_csv is not None:
             assignment = _read_split_csv(split_csv)
             missing = [image.name for image, _ in pairs if image.stem not in assignment]

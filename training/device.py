@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from training.errors import UserInputError
+from base.errors import UserInputError
 from training.multiworker import cluster_task
 
 

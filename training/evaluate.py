@@ -1,4 +1,6 @@
-"""Predict instances with a trained segmentation model and measure them against true masks."""
+"""Predict instances with a trained segmentation model and measure them against true masks.
+
+`config` arguments are the segmentation task's options (`training.tasks.segment.SegmentConfig`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import itertools
 import keras
 import numpy as np
 
-from training.config import SegmentConfig
 from training.data import Sample
 from training.metrics import confusion_matrix, evaluate_instances, iou_from_confusion
 from training.targets import CLASS_NAMES, classes_to_instances
@@ -20,7 +21,7 @@ FOREGROUND_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def tune_postprocessing(
-    probabilities: list[np.ndarray], labels: list[np.ndarray], *, config: SegmentConfig
+    probabilities: list[np.ndarray], labels: list[np.ndarray], *, config
 ) -> dict:
     """The thresholds of `classes_to_instances` that give the best F1 at IoU 0.5 on these images.
 
@@ -66,7 +67,7 @@ def tune_postprocessing(
 
 
 def predict_segmentation(
-    model: Predictor, image: np.ndarray, *, geometry: Geometry, config: SegmentConfig
+    model: Predictor, image: np.ndarray, *, geometry: Geometry, config
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (Y, X, 3) and instance labels (Y, X) of a normalised (Y, X, C) image; `model`
     is a Keras model or a batch predictor of `training.engines`."""
@@ -81,7 +82,7 @@ def predict_segmentation(
 
 
 def evaluate_segmentation(
-    model: keras.Model, samples: list[Sample], *, geometry: Geometry, config: SegmentConfig
+    model: keras.Model, samples: list[Sample], *, geometry: Geometry, config
 ) -> dict:
     """Pixel IoU per class and dataset-level instance metrics over `samples`."""
     confusion = np.zeros((len(CLASS_NAMES), len(CLASS_NAMES)), dtype=np.int64)

@@ -3,13 +3,14 @@ name in its own folder and renamed into place, so a reader (or a resumed run) ne
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from training.errors import UserInputError
+from base.errors import UserInputError
 
 
 def _umask() -> int:
@@ -53,3 +54,8 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         handle.write(payload)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically."""
+    write_atomic(path, json.dumps(data, indent=2) + "\n")

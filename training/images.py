@@ -12,7 +12,7 @@ import imageio.v3 as iio
 import numpy as np
 import tifffile
 
-from training.errors import UserInputError
+from base.errors import UserInputError
 from training.files import atomic_target
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")

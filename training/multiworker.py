@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.errors import UserInputError
+from base.errors import UserInputError
 
 TASK_TYPES = ("chief", "worker")
 

@@ -1,9 +1,5 @@
-"""Run folders: creating one, resuming one, and the `fit` loop with its callbacks, shared by every task.
-
-A run folder holds everything needed to resume, evaluate and export a training:
-`config.json` (resolved options), `split.json` (which files went where), `state.json`, `history.csv`,
-`best.keras`, `last.keras`, `curves.png`, `tensorboard/`, and at the end `metrics.json`.
-"""
+"""Run folders (defined in `base.run_folder`): creating one, reopening one to resume it, and the `fit`
+loop with its callbacks, shared by every task."""
 
 from __future__ import annotations
 
@@ -20,10 +16,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.callbacks import (
+from base.errors import UserInputError
+from base.run_folder import (
+    CONFIG_FILE,
     HISTORY_FILE,
     LAST_CHECKPOINT,
+    SAMPLE_FILE,
+    SAMPLE_SIZE,
     STATE_FILE,
+    TENSORBOARD_DIR,
+    read_record,
+    stale_temporaries,
+)
+from training.callbacks import (
     AveragedWeights,
     InterruptAfterEpoch,
     RunKeeper,
@@ -32,34 +37,18 @@ from training.callbacks import (
     epoch_schedule,
     monitor_mode,
     read_history,
-    remove_stale_temporaries,
     restore_callback_state,
-    write_atomic,
 )
-from training.cli import config_from_args, config_parser, resume_flags, run_main
-from training.config import TrainingConfig, build_config, read_config_file
-from training.errors import UserInputError
-from training.multiworker import cluster_task, fit_multiworker, is_chief
+from training.config import RESUMABLE_OVERRIDES, TrainingConfig, build_config
+from training.files import write_atomic
+from training.multiworker import fit_multiworker
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-SAMPLE_FILE = "sample.npy"
-SAMPLE_SIZE = 256
-# Options that may change when a run is resumed: they extend or stop the run, or choose the devices that
-# share its global batch, not change what it learns.
-RESUMABLE_OVERRIDES = frozenset({"epochs", "early_stopping_patience", "out_dir", "export", "distribute"})
-PACKAGE_FILE = "package.zip"
 _WRITE_FAILURES = (
     "No space left on device",
     "Read-only file system",
     "Permission denied",
     "Disk quota exceeded",
 )
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically."""
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_sample(run_dir: Path, image: np.ndarray) -> None:
@@ -73,13 +62,6 @@ def write_sample(run_dir: Path, image: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, crop, allow_pickle=False)
     write_atomic(run_dir / SAMPLE_FILE, buffer.getvalue())
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserInputError(f"{path}: unreadable ({error})") from None
 
 
 def new_run_dir(config: TrainingConfig, task: str) -> Path:
@@ -115,77 +97,23 @@ def removed_unless_resumable(run_dir: Path):
         raise
 
 
-def load_run_config(run_dir: Path, cls: type[TrainingConfig], overrides: dict) -> TrainingConfig:
-    """The config of an existing run folder, with the few options that may change on resume."""
-    missing = [name for name in (CONFIG_FILE, LAST_CHECKPOINT) if not (run_dir / name).is_file()]
-    if not run_dir.is_dir() or missing:
-        what = "not a folder" if not run_dir.is_dir() else f"missing {', '.join(missing)}"
-        raise UserInputError(f"{run_dir}: not a resumable run folder ({what})")
+def resumed_config(run_dir: Path, cls: type[TrainingConfig], values: dict, overrides: dict) -> TrainingConfig:
+    """The config of a run folder to resume (`values`, its config.json, brought to this schema by
+    `training.upgrade`), with the few options that may change on resume; removes the temporaries a killed
+    process left."""
+    if not (run_dir / LAST_CHECKPOINT).is_file():
+        raise UserInputError(f"{run_dir}: not a resumable run folder (missing {LAST_CHECKPOINT})")
     refused = sorted(set(overrides) - RESUMABLE_OVERRIDES)
     if refused:
         raise UserInputError(
             f"{run_dir}: cannot change {', '.join(refused)} when resuming "
             f"(only {', '.join(sorted(RESUMABLE_OVERRIDES))})"
         )
-    values = read_json(run_dir / CONFIG_FILE) | overrides
-    config = build_config(cls, values, source=str(run_dir / CONFIG_FILE))
-    for path in remove_stale_temporaries(run_dir):
+    config = build_config(cls, values | overrides, source=str(run_dir / CONFIG_FILE))
+    for path in stale_temporaries(run_dir):
+        path.unlink(missing_ok=True)
         print(f"removed {path.name}, a partial file of the interrupted run")
     return config
-
-
-def training_main(
-    cls: type[TrainingConfig], run, argv: list[str] | None, *, prog: str, description: str
-) -> int:
-    """The entry point shared by the tasks: parse options, then start a run or resume one with `run`."""
-    parser = config_parser(cls, prog=prog, description=description)
-    args = parser.parse_args(argv)
-
-    def body():
-        if args.resume is not None:
-            overrides = (read_config_file(args.config) if args.config else {}) | resume_flags(cls, args)
-            config = load_run_config(args.resume, cls, overrides)
-        else:
-            config, _ = config_from_args(cls, args)
-        if not is_chief(config.distribute):
-            run_as_worker(run, config, args.resume)
-            return
-        run_dir = run(config, resume_dir=args.resume) if args.resume is not None else run(config)
-        if config.export:
-            export_package(run_dir)
-
-    return run_main(body)
-
-
-def run_as_worker(run, config: TrainingConfig, resume_dir: Path | None) -> None:
-    """A multi-worker run on a task other than the chief: the same training, in a temporary folder that
-    is removed at the end (the chief keeps the run folder). Resuming starts from a copy of the chief's
-    run folder, which every task must be able to read (a shared file system)."""
-    with tempfile.TemporaryDirectory(prefix="worker-") as scratch:
-        config = config.model_copy(update={"out_dir": scratch, "export": False})
-        print(f"multi-worker task {cluster_task().index}: training beside the chief in {scratch}")
-        if resume_dir is None:
-            run(config)
-            return
-        copy = Path(scratch) / resume_dir.name
-        shutil.copytree(resume_dir, copy, ignore=shutil.ignore_patterns("tensorboard", PACKAGE_FILE))
-        run(config, resume_dir=copy)
-
-
-def export_package(run_dir: Path) -> Path:
-    """Export a finished run as RUN_DIR/package.zip (replacing the package of an earlier export of the
-    same run, e.g. before it was resumed)."""
-    from export.errors import ExportError
-    from export.package import export_run
-
-    print(f"\nexporting a bioimage.io package (skip with --no-export): {run_dir / PACKAGE_FILE}")
-    try:
-        return export_run(run_dir, run_dir / PACKAGE_FILE, overwrite=True)
-    except ExportError as error:
-        raise UserInputError(
-            f"{error}\nthe run folder {run_dir} is complete; export it again with "
-            f"python -m export {run_dir} --out PACKAGE.zip"
-        ) from None
 
 
 def fit(
@@ -204,7 +132,7 @@ def fit(
         initial_epoch = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // config.steps_per_epoch
         # last.keras is the commit point: cut anything written after it (see training.callbacks).
         history = [row for row in read_history(run_dir / HISTORY_FILE) if row["epoch"] <= initial_epoch]
-        state = read_json(run_dir / STATE_FILE) if (run_dir / STATE_FILE).is_file() else {}
+        state = read_record(run_dir / STATE_FILE, "") if (run_dir / STATE_FILE).is_file() else {}
     mode = monitor_mode(config.monitor)
     callbacks: list[keras.callbacks.Callback] = []
     stateful: dict[str, keras.callbacks.Callback] = {}
@@ -246,7 +174,7 @@ def fit(
         StepTimer(),
         *stateful.values(),
         *extra_callbacks,
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")),
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / TENSORBOARD_DIR)),
         keeper,
         interrupt,
     ]
@@ -277,7 +205,7 @@ def fit(
         if reason is None:
             raise
         raise UserInputError(
-            f"{run_dir / 'tensorboard'}: cannot write the TensorBoard logs ({reason})"
+            f"{run_dir / TENSORBOARD_DIR}: cannot write the TensorBoard logs ({reason})"
         ) from None
     if interrupt.stopped_after is not None:
         print(

@@ -1,0 +1,6 @@
+"""What every layer above the models shares: the run folder's definition (`base.run_folder`), the error
+type that carries its exit status (`base.errors`) and the command-line machinery (`base.cli`).
+
+Floors: `zoo` and `base` at the bottom, then `export`, then `training`. `base` imports no deep-learning
+library, so a command's `--help` and its errors cost no TensorFlow start-up.
+"""

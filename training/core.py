@@ -1,0 +1,137 @@
+"""The one training core that runs any task (`training.task.Task`): seed and determinism, data, the run
+folder, precision and distribution, building or resuming the model, `fit` with its callbacks and
+checkpoints, the held-out evaluation, the sample image, the declaration of the package and the export.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from base.errors import UserInputError
+from base.run_folder import (
+    CONFIG_FILE,
+    DECLARATION_FILE,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    PACKAGE_FILE,
+    TENSORBOARD_DIR,
+    checkpoint_file,
+)
+from training.config import TrainingConfig
+from training.device import make_strategy, set_precision
+from training.engines import inference_model
+from training.files import write_json
+from training.multiworker import cluster_task, is_chief
+from training.runs import fit, new_run_dir, removed_unless_resumable, write_sample
+from training.task import Task, TaskData
+
+
+def train(task: Task, config: TrainingConfig, *, resume_dir: Path | None = None) -> Path:
+    """Train, evaluate and return the run folder; with `resume_dir`, continue that run (whose config
+    `config` is, see `training.runs.resumed_config`). Exports the package at the end if `config.export`."""
+    if not is_chief(config.distribute):
+        _train_as_worker(task, config, resume_dir)
+        return resume_dir or Path(config.out_dir)
+    run_dir = _train(task, config, resume_dir)
+    if config.export:
+        export_package(run_dir)
+    return run_dir
+
+
+def _train(task: Task, config: TrainingConfig, resume_dir: Path | None) -> Path:
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    parent = resume_dir.parent if resume_dir is not None else Path(config.out_dir)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserInputError(f"{parent}: cannot create the output folder ({error.strerror})") from None
+    # Generated data (an embedded demo) is made here, beside the run folder it then moves into.
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=parent) as scratch:
+        data = task.load_data(config, resume_dir=resume_dir, scratch=Path(scratch))
+        run_dir = resume_dir or new_run_dir(config, task.name)
+        with removed_unless_resumable(run_dir) if resume_dir is None else nullcontext():
+            if resume_dir is None:
+                task.keep_data(data, run_dir)
+                write_json(run_dir / CONFIG_FILE, config.model_dump(mode="json"))
+            _fit_and_evaluate(task, config, data, run_dir, resume=resume_dir is not None)
+    return run_dir
+
+
+def _fit_and_evaluate(task: Task, config: TrainingConfig, data: TaskData, run_dir: Path, *, resume: bool) -> None:
+    precision = set_precision(config.precision)
+    strategy = make_strategy(config.distribute, batch_size=config.batch_size)
+    print(f"run folder: {run_dir}")
+    print(f"{data.summary}; precision {precision}; {strategy.num_replicas_in_sync} replica(s)")
+    with strategy.scope():
+        model = (
+            keras.models.load_model(run_dir / LAST_CHECKPOINT) if resume else task.build_model(config, data.channels)
+        )
+    first_epoch = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // config.steps_per_epoch
+    batches = task.training_data(config, data, run_dir, first_epoch=first_epoch)
+    fit(
+        model,
+        batches.train,
+        batches.val,
+        config=config,
+        run_dir=run_dir,
+        resume=resume,
+        extra_callbacks=batches.callbacks,
+    )
+    if not is_chief(config.distribute):
+        return  # the chief evaluates
+
+    checkpoint = checkpoint_file(run_dir, task.results_checkpoint)
+    model = keras.models.load_model(checkpoint, compile=False)
+    # Evaluated as packages and `training.predict` compute: in float32, batch norm folded.
+    metrics = {"checkpoint": checkpoint.name}
+    metrics |= task.evaluate(config, data, run_dir, model, inference_model(model))
+    write_json(run_dir / METRICS_FILE, metrics)
+    write_sample(run_dir, task.sample(data))
+    write_json(run_dir / DECLARATION_FILE, task.declare(run_dir, config).model_dump(mode="json"))
+    print()
+    for line in task.report(metrics):
+        print(line)
+    print(f"\nrun folder: {run_dir}")
+    for path in sorted(run_dir.iterdir()):
+        if not path.name.startswith(".") and path.name != TENSORBOARD_DIR:
+            print(f"  {path}")
+    print(f"  {run_dir / TENSORBOARD_DIR} (tensorboard --logdir {run_dir.parent})")
+
+
+def _train_as_worker(task: Task, config: TrainingConfig, resume_dir: Path | None) -> None:
+    """A multi-worker run on a task other than the chief: the same training, in a temporary folder that
+    is removed at the end (the chief keeps the run folder). Resuming starts from a copy of the chief's
+    run folder, which every task must be able to read (a shared file system)."""
+    with tempfile.TemporaryDirectory(prefix="worker-") as scratch:
+        config = config.model_copy(update={"out_dir": scratch, "export": False})
+        print(f"multi-worker task {cluster_task().index}: training beside the chief in {scratch}")
+        if resume_dir is None:
+            _train(task, config, None)
+            return
+        copy = Path(scratch) / resume_dir.name
+        shutil.copytree(resume_dir, copy, ignore=shutil.ignore_patterns(TENSORBOARD_DIR, PACKAGE_FILE))
+        _train(task, config, copy)
+
+
+def export_package(run_dir: Path) -> Path:
+    """Export a finished run as RUN_DIR/package.zip (replacing the package of an earlier export of the
+    same run, e.g. before it was resumed)."""
+    from export.package import export_run
+
+    print(f"\nexporting a bioimage.io package (skip with --no-export): {run_dir / PACKAGE_FILE}")
+    try:
+        return export_run(run_dir, run_dir / PACKAGE_FILE, overwrite=True)
+    except UserInputError as error:
+        again = (
+            f"\nthe run folder {run_dir} is complete; export it again with "
+            f"python -m export {run_dir} --out PACKAGE.zip"
+        )
+        raise type(error)(f"{error}{again}") from None

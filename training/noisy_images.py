@@ -1,0 +1,121 @@
+"""Denoising data: noisy images (a file or folder; 3D stacks as 2D slices) with optional clean references,
+the embedded demo, and the split into training and validation pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from base.errors import UserInputError
+from training.images import list_images, read_image_slices
+
+
+@dataclass
+class NoisyImage:
+    """One noisy 2D image (Y, X, C) in its original intensities, with its clean reference if any."""
+
+    name: str
+    noisy: np.ndarray
+    clean: np.ndarray | None = None
+    where: str = ""  # the file (and slice) it came from, for messages
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = list_images(path)
+        if not files:
+            raise UserInputError(f"{path}: no images (.tif, .tiff, .png) in this folder")
+        return files
+    if not path.exists():
+        raise UserInputError(f"{path}: no such file or folder")
+    return [path]
+
+
+def load_noisy_images(data: Path, clean: Path | None, *, channel_axis: int | None) -> list[NoisyImage]:
+    """Read every noisy image (3D stacks as 2D slices) and its clean reference; all problems at once."""
+    images, problems = [], []
+    clean_files = {p.stem: p for p in _files(clean)} if clean is not None else {}
+    for path in _files(data):
+        try:
+            slices = read_image_slices(path, channel_axis=channel_axis)
+            references: list[np.ndarray | None] = [None] * len(slices)
+            if clean is not None:
+                reference = clean_files.get(path.stem) or (
+                    clean_files.popitem()[1] if clean.is_file() else None
+                )
+                if reference is None:
+                    raise UserInputError(f"{path}: no clean reference named {path.stem}.* in {clean}")
+                references = read_image_slices(reference, channel_axis=channel_axis)
+                if [r.shape for r in references] != [s.shape for s in slices]:
+                    raise UserInputError(f"{reference}: clean reference shape differs from {path.name}")
+        except UserInputError as error:
+            problems.append(str(error))
+            continue
+        for index, (noisy, reference) in enumerate(zip(slices, references, strict=True)):
+            if len(slices) == 1:
+                images.append(NoisyImage(path.stem, noisy, reference, str(path)))
+            else:
+                images.append(
+                    NoisyImage(f"{path.stem}_z{index:04d}", noisy, reference, f"{path} (slice {index})")
+                )
+    if problems:
+        raise UserInputError("\n".join(problems))
+    channels = {image.noisy.shape[-1] for image in images}
+    if len(channels) > 1:
+        raise UserInputError(f"{data}: images have different numbers of channels {sorted(channels)}")
+    return images
+
+
+def embedded_demo(out_dir: Path, *, sigma: float, seed: int) -> tuple[Path, Path]:
+    """scikit-image's `cell` (a quantitative phase image of a cell, CC0, shipped in its wheel), with
+    Gaussian noise of `sigma` on the 0-255 scale; writes noisy.tif and clean.tif into `out_dir`."""
+    from skimage import data as skimage_data
+
+    clean = skimage_data.cell().astype(np.float32)
+    noisy = clean + np.random.default_rng(seed).normal(0.0, sigma, clean.shape).astype(np.float32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(out_dir / "noisy.tif", noisy)
+    tifffile.imwrite(out_dir / "clean.tif", clean)
+    return out_dir / "noisy.tif", out_dir / "clean.tif"
+
+
+def split_images(
+    images: list[NoisyImage], *, val_fraction: float, patch_size: int, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Training and validation arrays: whole images held out when there are at least 3, otherwise the
+    bottom rows of every image (validation patches never overlap training pixels)."""
+    arrays = [image.noisy for image in images]
+    if len(arrays) >= 3:
+        order = np.random.default_rng(seed).permutation(len(arrays))
+        n_val = max(1, round(val_fraction * len(arrays)))
+        return [arrays[i] for i in order[n_val:]], [arrays[i] for i in order[:n_val]]
+    train, val = [], []
+    for image in images:
+        rows = max(round(val_fraction * image.noisy.shape[0]), patch_size // 2)
+        if image.noisy.shape[0] - rows < patch_size // 2:
+            raise UserInputError(
+                f"{image.where or image.name}: {image.noisy.shape[0]} rows are too few to hold out "
+                f"{rows} validation rows and train on patches of {patch_size}"
+            )
+        train.append(image.noisy[:-rows])
+        val.append(image.noisy[-rows:])
+    return train, val
+
+
+def check_sizes(images: list[NoisyImage], patch_size: int) -> None:
+    problems = []
+    for image in images:
+        height, width = image.noisy.shape[:2]
+        # Mirror padding can stretch an image to the patch size, but not from less than half of it.
+        if min(height, width) < patch_size // 2:
+            problems.append(
+                f"{image.where or image.name}: image of {height}x{width} pixels is too small for patches of "
+                f"{patch_size} (needs at least {patch_size // 2} per side; lower --patch-size)"
+            )
+        if np.all(image.noisy == image.noisy.reshape(-1, image.noisy.shape[-1])[0]):
+            problems.append(f"{image.where or image.name}: image is constant; there is nothing to denoise")
+    if problems:
+        raise UserInputError("\n".join(problems))

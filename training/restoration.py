@@ -1,0 +1,151 @@
+"""Image restoration, shared by the tasks whose output is an image (denoising, CARE): normalisation with
+the training statistics, tiled prediction back in the original intensities, and quality against a clean
+reference.
+
+`normalization.json` holds the per-channel mean and std of the training inputs (`mean`, `std`) and, where
+the targets differ from the inputs in intensity (CARE), of the targets (`target`: `mean`, `std`). Without
+`target`, outputs are scaled back with the input statistics (Noise2Void: input and target are one image).
+The formulas are bioimage.io's `fixed_zero_mean_unit_variance` and `scale_linear`, so a package
+normalises exactly as training did.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from base.run_folder import NORMALIZATION_FILE, read_record
+from export import processing
+from export.declaration import Operation
+from training.images import write_tiff_atomic
+from training.tiling import Predictor, predict_tta, predict_with_geometry
+from zoo import model_geometry
+
+
+def normalization_stats(images: list[np.ndarray]) -> dict[str, list[float]]:
+    """Mean and standard deviation per channel over all pixels of `images` ((Y, X, C) each)."""
+    pixels = np.concatenate([im.reshape(-1, im.shape[-1]) for im in images]).astype(np.float64)
+    return {"mean": pixels.mean(axis=0).tolist(), "std": pixels.std(axis=0).tolist()}
+
+
+def read_normalization(run_dir: Path) -> dict:
+    return read_record(run_dir / NORMALIZATION_FILE, "the training mean and std")
+
+
+def target_stats(stats: dict) -> dict:
+    """The statistics that outputs are scaled back with."""
+    return stats.get("target", stats)
+
+
+def normalize(image: np.ndarray, stats: dict) -> np.ndarray:
+    scale = np.array(stats["std"]) + processing.EPS
+    return ((image - np.array(stats["mean"])) / scale).astype(np.float32)
+
+
+def denormalize(output: np.ndarray, stats: dict) -> np.ndarray:
+    scale = np.array(stats["std"]) + processing.EPS
+    return (output * scale + np.array(stats["mean"])).astype(np.float32)
+
+
+def declared_processing(stats: dict) -> tuple[list[Operation], list[Operation]]:
+    """The rdf pre- and post-processing that compute `normalize` and `denormalize`."""
+    out = target_stats(stats)
+    return (
+        [processing.fixed_zero_mean_unit_variance(stats["mean"], stats["std"])],
+        [processing.scale_linear([s + processing.EPS for s in out["std"]], out["mean"])],
+    )
+
+
+def restore_image(
+    model: keras.Model,
+    image: np.ndarray,
+    *,
+    stats: dict,
+    tile_size: int,
+    tta: bool = False,
+    runner: Predictor | None = None,
+) -> np.ndarray:
+    """Restore a (Y, X, C) image in its original intensities; returns float32 in the output's
+    intensities. `runner` (default: the model) predicts the tiles, e.g. a predictor of
+    `training.engines`."""
+    geometry = model_geometry(model)
+
+    def predict(normalized: np.ndarray) -> np.ndarray:
+        return predict_with_geometry(runner or model, normalized, geometry, tile_size=tile_size)
+
+    normalized = normalize(image, stats)
+    output = predict_tta(predict, normalized) if tta else predict(normalized)
+    return denormalize(output, target_stats(stats))
+
+
+def image_quality(clean: np.ndarray, image: np.ndarray) -> dict[str, float]:
+    """PSNR and SSIM (scikit-image's) of `image` against `clean`, on the clean image's intensity range."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    data_range = float(clean.max() - clean.min())
+    return {
+        "psnr": float(peak_signal_noise_ratio(clean, image, data_range=data_range)),
+        "ssim": float(structural_similarity(clean, image, data_range=data_range, channel_axis=-1)),
+    }
+
+
+def compared(name: str, output: Path, restored: np.ndarray, raw: np.ndarray, clean: np.ndarray | None) -> dict:
+    """One image's entry of metrics.json: where its output went and, with a reference, the quality of
+    the raw input and of the restored image, and the PSNR gain."""
+    entry = {"name": name, "output": str(output)}
+    if clean is not None:
+        entry["noisy"] = image_quality(clean, raw)
+        entry["denoised"] = image_quality(clean, restored)
+        entry["psnr_gain_db"] = entry["denoised"]["psnr"] - entry["noisy"]["psnr"]
+    return entry
+
+
+def quality_summary(entries: list[dict]) -> dict:
+    """Means over the images with a reference: PSNR and SSIM of the restored images, PSNR gain."""
+    scored = [e for e in entries if "denoised" in e]
+    if not scored:
+        return {}
+    return {
+        "mean_psnr": float(np.mean([e["denoised"]["psnr"] for e in scored])),
+        "mean_ssim": float(np.mean([e["denoised"]["ssim"] for e in scored])),
+        "mean_psnr_gain_db": float(np.mean([e["psnr_gain_db"] for e in scored])),
+    }
+
+
+def quality_lines(entries: list[dict]) -> list[str]:
+    """One log line per image: its output and, with a reference, PSNR and SSIM before and after."""
+    lines = []
+    for r in entries:
+        quality = (
+            f"  PSNR {r['noisy']['psnr']:.2f} -> {r['denoised']['psnr']:.2f} dB "
+            f"(gain {r['psnr_gain_db']:+.2f} dB), SSIM {r['noisy']['ssim']:.3f} -> "
+            f"{r['denoised']['ssim']:.3f}"
+            if "noisy" in r
+            else ""
+        )
+        lines.append(f"  {r['output']}{quality}")
+    return lines
+
+
+def quality_table(entries: list[dict], *, before: str, after: str) -> list[str]:
+    """The documentation's table of PSNR and SSIM per image with a reference."""
+    lines = [
+        f"| image | PSNR {before} (dB) | PSNR {after} (dB) | gain (dB) | SSIM {before} | SSIM {after} |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for i in entries:
+        lines.append(
+            f"| {i['name']} | {i['noisy']['psnr']:.2f} | {i['denoised']['psnr']:.2f} | "
+            f"{i['psnr_gain_db']:+.2f} | {i['noisy']['ssim']:.3f} | {i['denoised']['ssim']:.3f} |"
+        )
+    return lines
+
+
+def write_restored(path: Path, image: np.ndarray) -> None:
+    """A (Y, X, C) or (Z, Y, X, C) float32 image as an ImageJ TIFF, channels and slices kept apart."""
+    if image.ndim == 3:
+        write_tiff_atomic(path, np.moveaxis(image, -1, 0), imagej=True, metadata={"axes": "CYX"})
+    else:
+        write_tiff_atomic(path, np.moveaxis(image, -1, 1), imagej=True, metadata={"axes": "ZCYX"})

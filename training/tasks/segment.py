@@ -1,0 +1,369 @@
+"""Instance segmentation by a U-Net that classifies every pixel as background / interior / boundary,
+learned from instance masks, and turned back into one label per cell by a seeded watershed whose
+thresholds are tuned on the validation images: the task object.
+
+Data: `training.data` (image/mask pairs and their split); targets: `training.targets`; evaluation and
+threshold tuning: `training.evaluate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import keras
+import numpy as np
+from pydantic import Field, model_validator
+
+from base.errors import UserInputError
+from base.run_folder import DATA_DIR, METRICS_FILE, POSTPROCESSING_FILE, SPLIT_FILE, read_record
+from export import processing
+from export.declaration import Citation, Declaration, Tensor
+from training.callbacks import adam
+from training.config import TrainingConfig
+from training.data import SPLITS, PairSplit, Sample, find_pairs, load_samples, split_from_record, split_record
+from training.evaluate import POSTPROCESSING_KEYS, evaluate_segmentation, predict_segmentation, tune_postprocessing
+from training.files import write_json
+from training.images import percentile_normalize, read_image, write_tiff_atomic
+from training.losses import WeightedSparseCategoricalCrossentropy
+from training.metrics import format_metrics_table
+from training.pipeline import grid_patches, training_dataset
+from training.synthetic import write_synthetic_dataset
+from training.targets import CLASS_NAMES
+from training.task import Task, TaskData, TrainingData, training_lines
+from training.tiling import predict_with_geometry
+from zoo import build_model, model_geometry
+
+UNET = Citation(
+    text="Ronneberger, Fischer and Brox: U-Net: Convolutional Networks for Biomedical Image Segmentation. "
+    "MICCAI 2015.",
+    doi="10.1007/978-3-319-24574-4_28",
+)
+# Cover colours of the classes: background dark, interior green, boundary magenta.
+CLASS_COLOURS = [(0, 0, 0), (60, 220, 90), (230, 60, 200)]
+
+
+class SegmentConfig(TrainingConfig):
+    """Semantic segmentation into background / interior / boundary, turned back into instances."""
+
+    task: Literal["segment"] = Field(
+        "segment", description="What the run learns.", json_schema_extra={"cli": False}
+    )
+
+    data: str | None = Field(
+        None,
+        description="Folder with images/ and masks/ (matched by file name); "
+        "none: the embedded synthetic nuclei dataset.",
+    )
+    split_csv: str | None = Field(
+        None,
+        description="CSV with columns name,split (train/val/test); default: "
+        "DATA/index.csv if present, else train/ val/ test/ sub-folders, else random.",
+    )
+    val_fraction: float = Field(
+        0.15, ge=0.0, lt=1.0, description="Fraction for validation in a random split."
+    )
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction for test in a random split.")
+    synthetic_images: int = Field(
+        32, ge=3, le=10_000, description="Images of the embedded synthetic dataset."
+    )
+    channel_axis: int | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="Channel axis of multi-channel images; "
+        "default: detected (a first or last axis of at most 4).",
+    )
+    percentile_low: float = Field(
+        1.0, ge=0, lt=100, description="Lower percentile of per-image normalisation."
+    )
+    percentile_high: float = Field(99.8, gt=0, le=100, description="Upper percentile of normalisation.")
+
+    epochs: int = Field(20, ge=1, le=100_000, description="Number of epochs.")
+    steps_per_epoch: int = Field(40, ge=1, le=1_000_000, description="Training batches per epoch.")
+    model: Literal["unet"] = Field("unet", description="Registered model to train.")
+    depth: int = Field(3, ge=1, le=6, description="U-Net depth (number of 2x down-samplings).")
+    base_filters: int = Field(16, ge=1, le=512, description="Filters of the first U-Net level.")
+    kernel_size: int = Field(3, ge=1, le=11, description="Convolution kernel size (odd).")
+    batch_norm: bool = Field(True, description="Batch normalisation after each convolution.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after each convolution block.")
+    upsampling: Literal["transpose", "nearest", "repeat"] = Field(
+        "transpose", description="Decoder up-sampling."
+    )
+
+    boundary_width: int = Field(2, ge=1, le=20, description="Width of the boundary class, in pixels.")
+    class_weights: list[float] = Field(
+        [1.0, 1.0, 10.0],
+        min_length=3,
+        max_length=3,
+        description="Loss weights of background, interior, boundary.",
+    )
+
+    interior_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Interior probability that seeds an object."
+    )
+    foreground_threshold: float = Field(
+        0.5, gt=0, lt=1, description="1 - background probability above which a pixel belongs to some object."
+    )
+    min_object_size: int = Field(15, ge=0, description="Objects smaller than this (pixels) are removed.")
+    tune_thresholds: bool = Field(
+        True,
+        description="After training, choose the interior and foreground thresholds and the minimum "
+        "object size that give the best F1 at IoU 0.5 on the validation images (never the test images); "
+        "the choice is kept in postprocessing.json and used for evaluation and prediction.",
+    )
+    tile_size: int = Field(512, ge=32, le=8192, description="Tile side for prediction of large images.")
+
+    @model_validator(mode="after")
+    def _check_segment(self) -> SegmentConfig:
+        if self.percentile_low >= self.percentile_high:
+            raise ValueError("percentile_low must be smaller than percentile_high")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave images for training")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        if self.patch_size % 2**self.depth:
+            raise ValueError(
+                f"patch_size ({self.patch_size}) must be a multiple of 2**depth ({2**self.depth})"
+            )
+        if any(w < 0 for w in self.class_weights):
+            raise ValueError("class_weights must not be negative")
+        return self
+
+
+@dataclass
+class SegmentationData(TaskData):
+    split: PairSplit
+    samples: dict[str, list[Sample]]
+    held_out: np.ndarray  # one raw held-out image (test, else validation), for the package
+    demo: bool  # generated (the embedded demo), to be kept in the run folder
+
+
+def _load_split(split: PairSplit, config: SegmentConfig) -> dict[str, list[Sample]]:
+    samples, problems = {}, []
+    for name in SPLITS:
+        samples[name], bad = load_samples(
+            split.pairs[name],
+            channel_axis=config.channel_axis,
+            percentiles=(config.percentile_low, config.percentile_high),
+            boundary_width=config.boundary_width,
+        )
+        problems += bad
+    channels = {s.image.shape[-1] for group in samples.values() for s in group}
+    if len(channels) > 1:
+        problems.append(f"images of the splits have different numbers of channels {sorted(channels)}")
+    if problems:
+        raise UserInputError("\n".join(problems))
+    return samples
+
+
+class SegmentTask(Task):
+    name = "segment"
+    options = SegmentConfig
+    summary = (
+        "Train a U-Net to segment cells or nuclei from a folder of images and instance masks (or, with no "
+        "--data, the embedded synthetic nuclei dataset), evaluate it on held-out images and leave "
+        "everything in a run folder."
+    )
+    results_checkpoint = "best"
+
+    def load_data(
+        self, config: SegmentConfig, *, resume_dir: Path | None, scratch: Path
+    ) -> SegmentationData:
+        if resume_dir is not None:
+            split = split_from_record(read_record(resume_dir / SPLIT_FILE, "which files were train, val, test"))
+        elif config.data is None:
+            print(f"no --data given: generating {config.synthetic_images} synthetic nuclei images")
+            write_synthetic_dataset(scratch / DATA_DIR, n_images=config.synthetic_images, seed=config.seed)
+            split = find_pairs(scratch / DATA_DIR, seed=config.seed)
+        else:
+            split = find_pairs(
+                Path(config.data),
+                split_csv=Path(config.split_csv) if config.split_csv else None,
+                val_fraction=config.val_fraction,
+                test_fraction=config.test_fraction,
+                seed=config.seed,
+            )
+        samples = _load_split(split, config)
+        held_out = split.pairs["test"] or split.pairs["val"] or split.pairs["train"]
+        channels = samples["train"][0].image.shape[-1]
+        return SegmentationData(
+            channels=channels,
+            summary=f"images: {', '.join(f'{len(samples[s])} {s}' for s in SPLITS)}; {channels} channel(s)",
+            split=split,
+            samples=samples,
+            held_out=read_image(held_out[0][0], channel_axis=config.channel_axis),
+            demo=resume_dir is None and config.data is None,
+        )
+
+    def keep_data(self, data: SegmentationData, run_dir: Path) -> None:
+        data_dir = data.split.data_dir
+        if data.demo:  # the generated dataset stays with the run, so it can be resumed
+            data_dir = data_dir.rename(run_dir / DATA_DIR)
+        write_json(run_dir / SPLIT_FILE, split_record(data.split, data_dir.resolve()))
+
+    def build_model(self, config: SegmentConfig, channels: int) -> keras.Model:
+        model = build_model(
+            config.model,
+            input_channels=channels,
+            num_classes=len(CLASS_NAMES),
+            depth=config.depth,
+            base_filters=config.base_filters,
+            kernel_size=config.kernel_size,
+            batch_norm=config.batch_norm,
+            dropout=config.dropout,
+            upsampling=config.upsampling,
+            final_activation="softmax",
+        )
+        model.compile(
+            optimizer=adam(config),
+            loss=WeightedSparseCategoricalCrossentropy(config.class_weights),
+            metrics=[keras.metrics.MeanIoU(len(CLASS_NAMES), sparse_y_pred=False, name="mean_iou")],
+        )
+        return model
+
+    def training_data(
+        self, config: SegmentConfig, data: SegmentationData, run_dir: Path, *, first_epoch: int
+    ) -> TrainingData:
+        train, val = data.samples["train"], data.samples["val"]
+        train_data = training_dataset(
+            [s.image for s in train],
+            [s.classes[..., np.newaxis] for s in train],
+            patch_size=config.patch_size,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            first_epoch=first_epoch,
+            steps_per_epoch=config.steps_per_epoch,
+        )
+        val_data = grid_patches(
+            [s.image for s in val],
+            [s.classes[..., np.newaxis] for s in val],
+            patch_size=config.patch_size,
+            max_patches=config.val_patches,
+        )
+        return TrainingData(train_data, val_data)
+
+    def evaluate(self, config: SegmentConfig, data: SegmentationData, run_dir: Path, model, runner) -> dict:
+        samples = data.samples
+        evaluated_on = "test" if samples["test"] else "val"
+        geometry = model_geometry(model)
+        if config.tune_thresholds and samples["val"]:
+            probabilities = [
+                predict_with_geometry(runner, s.image, geometry, tile_size=config.tile_size)
+                for s in samples["val"]
+            ]
+            tuned = tune_postprocessing(probabilities, [s.labels for s in samples["val"]], config=config)
+            tuned["chosen_on"] = [s.name for s in samples["val"]]
+            write_json(run_dir / POSTPROCESSING_FILE, tuned)
+            config = config.model_copy(update={key: tuned[key] for key in POSTPROCESSING_KEYS})
+            print(
+                f"\npost-processing chosen on the {len(samples['val'])} validation images: interior > "
+                f"{config.interior_threshold}, foreground > {config.foreground_threshold}, objects of at "
+                f"least {config.min_object_size} px (F1@0.5 {tuned['f1_at_0.5']:.3f} there)"
+            )
+            if evaluated_on == "val":
+                print("note: no test images, so the scores below are on the images the thresholds were tuned on")
+        return {
+            "evaluated_on": evaluated_on,
+            "postprocessing": {key: getattr(config, key) for key in POSTPROCESSING_KEYS},
+            **evaluate_segmentation(runner, samples[evaluated_on], geometry=geometry, config=config),
+            "geometry": {
+                "step": geometry.step,
+                "halo": geometry.halo,
+                "receptive_field": geometry.receptive_field,
+            },
+        }
+
+    def report(self, metrics: dict) -> list[str]:
+        return [
+            f"{metrics['checkpoint']} on the {metrics['evaluated_on']} split "
+            f"({len(metrics['images'])} images):",
+            format_metrics_table(metrics["instances"], metrics["pixel_iou"]),
+        ]
+
+    def sample(self, data: SegmentationData) -> np.ndarray:
+        return data.held_out
+
+    def declare(self, run_dir: Path, config: SegmentConfig) -> Declaration:
+        m = read_record(run_dir / METRICS_FILE, "the held-out evaluation")
+        instances, iou, post = m.get("instances", {}), m.get("pixel_iou", {}), m.get("postprocessing", {})
+        validation = [
+            f"Held-out **{m.get('evaluated_on', '?')}** images of the run ({instances.get('n_images', '?')} "
+            f"images, {instances.get('n_true', '?')} objects), never used for training or for choosing "
+            "the thresholds:",
+            "",
+            "| metric | value |",
+            "| --- | --- |",
+        ]
+        first = (instances.get("per_threshold") or [{}])[0]
+        for label, value in [
+            ("instance F1 at IoU 0.5", instances.get("f1_at_0.5")),
+            ("precision at IoU 0.5", first.get("precision")),
+            ("recall at IoU 0.5", first.get("recall")),
+            ("mean average precision, IoU 0.5:0.9", instances.get("mean_average_precision")),
+            *[(f"pixel IoU, {name}", value) for name, value in iou.items()],
+        ]:
+            validation.append(
+                f"| {label} | {value:.3f} |" if isinstance(value, (int, float)) else f"| {label} | - |"
+            )
+        validation += [
+            "",
+            "Instances come from the probabilities by a seeded watershed: pixels with interior probability "
+            f"above {post.get('interior_threshold', '?')} are seeds, pixels with interior + boundary above "
+            f"{post.get('foreground_threshold', '?')} are foreground, objects under "
+            f"{post.get('min_object_size', '?')} px are dropped (thresholds chosen on the validation "
+            "images).",
+        ]
+        channels = int(np.load(run_dir / "sample.npy", mmap_mode="r").shape[-1])
+        return Declaration(
+            task=self.name,
+            checkpoint=self.results_checkpoint,
+            name=f"U-Net cell segmentation ({run_dir.name})",
+            description="2D U-Net that classifies every pixel as background, cell interior or cell boundary "
+            "(softmax probabilities), trained with bioimage-keras-zoo; instances follow from a seeded "
+            "watershed of the interior probabilities.",
+            tags=["segmentation", "instance-segmentation", "unet", "2d", "keras", "cells"],
+            cite=[UNET],
+            input=Tensor(
+                id="raw",
+                channels=[f"channel{c}" for c in range(channels)],
+                processing=[processing.scale_range(config.percentile_low, config.percentile_high)],
+                description=f"Each image is normalised per channel to its {config.percentile_low}th and "
+                f"{config.percentile_high}th percentiles (`scale_range`).",
+            ),
+            output=Tensor(
+                id="probabilities",
+                channels=list(CLASS_NAMES),
+                description=f"softmax probabilities of the classes {', '.join(CLASS_NAMES)} (they sum to 1).",
+            ),
+            cover_colours=CLASS_COLOURS,
+            training=training_lines(
+                config, data=config.data or "the embedded synthetic nuclei dataset of bioimage-keras-zoo"
+            ),
+            validation=validation,
+        )
+
+    def prediction_config(self, run_dir: Path, config: SegmentConfig) -> SegmentConfig:
+        if not (run_dir / POSTPROCESSING_FILE).is_file():
+            return config
+        # The thresholds the run chose on its validation images replace the configured ones.
+        tuned = read_record(run_dir / POSTPROCESSING_FILE, "the tuned thresholds")
+        return config.model_copy(update={key: tuned[key] for key in POSTPROCESSING_KEYS})
+
+    def output_names(self, stem: str) -> list[str]:
+        return [f"{stem}_probabilities.tif", f"{stem}_labels.tif"]
+
+    def predict_file(
+        self, path: Path, out_dir: Path, *, run_dir: Path, config: SegmentConfig, model, runner
+    ) -> None:
+        image = read_image(path, channel_axis=config.channel_axis)
+        image = percentile_normalize(image, config.percentile_low, config.percentile_high)
+        probabilities, instances = predict_segmentation(
+            runner, image, geometry=model_geometry(model), config=config
+        )
+        targets = [out_dir / name for name in self.output_names(path.stem)]
+        write_tiff_atomic(targets[0], np.moveaxis(probabilities, -1, 0), imagej=True, metadata={"axes": "CYX"})
+        label_dtype = np.uint16 if instances.max() < 2**16 else np.uint32
+        write_tiff_atomic(targets[1], instances.astype(label_dtype), imagej=label_dtype == np.uint16)
+        print(f"{path.name}: {int(instances.max())} objects -> {targets[1]}")
