@@ -47,7 +47,7 @@ def _flag_kwargs(annotation: Any, extra: dict) -> dict[str, Any]:
 def _help(field) -> str:
     text = field.description or ""
     default = field.default
-    if default is None or default == [] or isinstance(default, bool) and default is False:
+    if default is None or default == [] or (isinstance(default, bool) and default is False):
         return text
     if isinstance(default, bool):
         return f"{text} (default: on)"

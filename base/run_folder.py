@@ -113,7 +113,9 @@ def schema_version(config: dict) -> int:
     """The schema version of a run folder's config.json (1 for folders written before it was recorded)."""
     version = config.get(SCHEMA_KEY, 1)
     if not isinstance(version, int) or version < 1:
-        raise UserInputError(f"{CONFIG_FILE}: {SCHEMA_KEY} must be a positive whole number, found {version!r}")
+        raise UserInputError(
+            f"{CONFIG_FILE}: {SCHEMA_KEY} must be a positive whole number, found {version!r}"
+        )
     return version
 
 

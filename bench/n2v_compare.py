@@ -97,7 +97,7 @@ def run_ours(noisy: Path, clean: Path, out: Path, budget: dict[str, int], extra:
     tta = tifffile.imread(out / "tta" / f"{noisy.stem}_denoised.tif").astype(np.float32).squeeze()
     import keras
 
-    from training.denoise import image_quality  # the measure of the run's own metrics.json
+    from training.restoration import image_quality  # the measure of the run's own metrics.json
 
     reference = tifffile.imread(clean).astype(np.float32)
 
@@ -119,22 +119,23 @@ def predict_speed(run_dir: Path, noisy: Path, clean: Path, side: int = 2048) -> 
     `training.predict` does (normalisation, the run's tiles, mirrored border), through Keras in float32
     and in bfloat16 and through onnxruntime; after a warm-up on the noisy image itself, in this process.
     With each, the PSNR of that warm-up prediction against the clean image (the cost of bfloat16)."""
-    from training.denoise import NORMALIZATION_FILE, denoise_image, image_quality
     from training.engines import predictor
     from training.predict import load_run
-    from training.runs import read_json
+    from training.restoration import image_quality, read_normalization, restore_image
 
-    config, model = load_run(run_dir, "last")
-    stats = read_json(run_dir / NORMALIZATION_FILE)
+    _, config, model = load_run(run_dir, "last")
+    stats = read_normalization(run_dir)
     image = tifffile.imread(noisy).astype(np.float32)
     reference = tifffile.imread(clean).astype(np.float32)[..., np.newaxis]
     big = large_image(image, side)[..., np.newaxis]
     measured = {}
     for engine, precision in (("keras", "float32"), ("keras", "bfloat16"), ("onnx", "float32")):
         runner = predictor(model, engine, precision)
-        denoised = denoise_image(model, image[..., None], stats=stats, config=config, runner=runner)
+        denoised = restore_image(
+            model, image[..., None], stats=stats, tile_size=config.tile_size, tta=config.tta, runner=runner
+        )
         start = time.perf_counter()
-        denoise_image(model, big, stats=stats, config=config, runner=runner)
+        restore_image(model, big, stats=stats, tile_size=config.tile_size, tta=config.tta, runner=runner)
         measured[f"{engine} {precision}"] = {
             "seconds": time.perf_counter() - start,
             "psnr": image_quality(reference, denoised)["psnr"],

@@ -40,14 +40,12 @@ def main() -> int:
     sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
     from worker_common import large_image
 
-    from training.config import DenoiseConfig
-    from training.denoise import NORMALIZATION_FILE, denoise_image
     from training.engines import predictor
     from training.predict import load_run
-    from training.runs import read_json
+    from training.restoration import read_normalization, restore_image
 
-    config, model = load_run(args.run_dir, "last")
-    stats = read_json(args.run_dir / NORMALIZATION_FILE)
+    _, config, model = load_run(args.run_dir, "last")
+    stats = read_normalization(args.run_dir)
     image = tifffile.imread(args.image).astype(np.float32)
     big = large_image(image, args.side)[..., np.newaxis]
 
@@ -55,11 +53,10 @@ def main() -> int:
     for engine, precision in COMBINATIONS:
         runner = predictor(model, engine, precision)
         for tile in args.tile_sizes:
-            tiled = config.model_copy(update={"tile_size": tile})
 
-            def once(tiled: DenoiseConfig = tiled, runner=runner) -> tuple[float, np.ndarray]:
+            def once(tile: int = tile, runner=runner) -> tuple[float, np.ndarray]:
                 start = time.perf_counter()
-                output = denoise_image(model, big, stats=stats, config=tiled, runner=runner)
+                output = restore_image(model, big, stats=stats, tile_size=tile, tta=config.tta, runner=runner)
                 return time.perf_counter() - start, output
 
             _, output = once()  # warm-up

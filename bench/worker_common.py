@@ -32,7 +32,7 @@ def budget_arguments() -> argparse.Namespace:
 
 def quality(clean: np.ndarray, image: np.ndarray) -> dict[str, float]:
     """PSNR and SSIM (scikit-image) against the clean image, on its intensity range: the measure of the
-    project's own metrics (`training.denoise.image_quality`)."""
+    project's own metrics (`training.restoration.image_quality`)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     data_range = float(clean.max() - clean.min())

@@ -16,15 +16,14 @@ import numpy as np
 import tensorflow as tf
 
 import zoo
-from training.config import DenoiseConfig
-from training.denoise import _masking
 from training.masking import MaskedLoss
+from training.tasks.denoise import DenoiseConfig, masking
 
 
 def main(precision: str = "float32") -> None:
     keras.mixed_precision.set_global_policy(precision)
     patches = tf.constant(np.random.default_rng(0).normal(size=(64, 64, 64, 1)).astype(np.float32))
-    x, y = _masking(DenoiseConfig())(patches, tf.constant(0, tf.int64))
+    x, y = masking(DenoiseConfig())(patches, tf.constant(0, tf.int64))
     for jit in (False, True):
         keras.utils.set_random_seed(0)
         model = zoo.build_model("n2v", depth=2, base_filters=32)

@@ -49,9 +49,7 @@ def _replacement(layer: keras.layers.Layer) -> keras.layers.Layer:
 
 def _replacement_weights(layer: keras.layers.Layer, channels: int) -> list[np.ndarray]:
     if isinstance(layer, MaxBlurPool2D):
-        taps = np.array([1.0, 2.0, 1.0])
-        blur = np.outer(taps, taps) / 16.0
-        return [np.repeat(blur[:, :, None, None], channels, axis=2).astype(np.float32)]
+        return [MaxBlurPool2D.blur_kernel(channels)]
     if isinstance(layer, ChannelSlice):
         kernel = np.zeros((1, 1, channels, layer.stop - layer.start), np.float32)
         for out, channel in enumerate(range(layer.start, layer.stop)):

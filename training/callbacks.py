@@ -34,6 +34,7 @@ from base.run_folder import (
 from training.config import TrainingConfig
 from training.files import atomic_target, write_atomic
 
+
 def save_model_atomic(model: keras.Model, path: Path) -> None:
     """Save a `.keras` file through `atomic_target` (a temporary name ending in `.partial.keras`: Keras
     insists on the suffix)."""

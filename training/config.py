@@ -9,14 +9,12 @@ without the command line that started it.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from base.cli import build_options
 from base.run_folder import SCHEMA_VERSION
-
 
 # Options that may change when a run is resumed: they extend or stop the run, or choose the devices that
 # share its global batch, not change what it learns.
@@ -42,7 +40,8 @@ class TrainingConfig(BaseModel):
         0, ge=0, description="Seed of every random choice: split, patches, augmentation, weights."
     )
     deterministic: bool = Field(
-        True, description="Make TensorFlow ops deterministic: the same seed gives the same run (slower on GPU)."
+        True,
+        description="Make TensorFlow ops deterministic: the same seed gives the same run (slower on GPU).",
     )
 
     patch_size: int = Field(

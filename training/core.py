@@ -65,14 +65,18 @@ def _train(task: Task, config: TrainingConfig, resume_dir: Path | None) -> Path:
     return run_dir
 
 
-def _fit_and_evaluate(task: Task, config: TrainingConfig, data: TaskData, run_dir: Path, *, resume: bool) -> None:
+def _fit_and_evaluate(
+    task: Task, config: TrainingConfig, data: TaskData, run_dir: Path, *, resume: bool
+) -> None:
     precision = set_precision(config.precision)
     strategy = make_strategy(config.distribute, batch_size=config.batch_size)
     print(f"run folder: {run_dir}")
     print(f"{data.summary}; precision {precision}; {strategy.num_replicas_in_sync} replica(s)")
     with strategy.scope():
         model = (
-            keras.models.load_model(run_dir / LAST_CHECKPOINT) if resume else task.build_model(config, data.channels)
+            keras.models.load_model(run_dir / LAST_CHECKPOINT)
+            if resume
+            else task.build_model(config, data.channels)
         )
     first_epoch = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // config.steps_per_epoch
     batches = task.training_data(config, data, run_dir, first_epoch=first_epoch)

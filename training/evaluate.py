@@ -20,9 +20,7 @@ INTERIOR_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 FOREGROUND_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
-def tune_postprocessing(
-    probabilities: list[np.ndarray], labels: list[np.ndarray], *, config
-) -> dict:
+def tune_postprocessing(probabilities: list[np.ndarray], labels: list[np.ndarray], *, config) -> dict:
     """The thresholds of `classes_to_instances` that give the best F1 at IoU 0.5 on these images.
 
     `probabilities` are the (Y, X, 3) predictions of the images whose true instance `labels` are given
@@ -81,9 +79,7 @@ def predict_segmentation(
     return probabilities, instances
 
 
-def evaluate_segmentation(
-    model: keras.Model, samples: list[Sample], *, geometry: Geometry, config
-) -> dict:
+def evaluate_segmentation(model: keras.Model, samples: list[Sample], *, geometry: Geometry, config) -> dict:
     """Pixel IoU per class and dataset-level instance metrics over `samples`."""
     confusion = np.zeros((len(CLASS_NAMES), len(CLASS_NAMES)), dtype=np.int64)
     pairs = []

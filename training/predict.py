@@ -33,7 +33,9 @@ class PredictOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    run_dir: Path = Field(description="run folder of a training command", json_schema_extra={"positional": True})
+    run_dir: Path = Field(
+        description="run folder of a training command", json_schema_extra={"positional": True}
+    )
     inputs: list[Path] = Field(
         min_length=1, description="image files or folders of images", json_schema_extra={"positional": True}
     )
@@ -107,7 +109,9 @@ def predict_files(options: PredictOptions) -> list[str]:
             f"--precision {options.precision} needs --engine keras (onnxruntime computes in float32)"
         )
     task, config, model = load_run(options.run_dir, options.checkpoint)
-    updates = {key: getattr(options, key) for key in ("tile_size", "tta") if getattr(options, key) is not None}
+    updates = {
+        key: getattr(options, key) for key in ("tile_size", "tta") if getattr(options, key) is not None
+    }
     unknown = [key for key in updates if key not in task.options.model_fields]
     if unknown:
         raise UserInputError(f"--{unknown[0].replace('_', '-')} does not apply to {task.name} runs")
@@ -144,7 +148,9 @@ def predict(options: PredictOptions) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m training.predict`; returns the exit status."""
-    return simple_command(PredictOptions, predict, argv, prog="python -m training.predict", description=__doc__)
+    return simple_command(
+        PredictOptions, predict, argv, prog="python -m training.predict", description=__doc__
+    )
 
 
 if __name__ == "__main__":

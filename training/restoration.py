@@ -91,7 +91,9 @@ def image_quality(clean: np.ndarray, image: np.ndarray) -> dict[str, float]:
     }
 
 
-def compared(name: str, output: Path, restored: np.ndarray, raw: np.ndarray, clean: np.ndarray | None) -> dict:
+def compared(
+    name: str, output: Path, restored: np.ndarray, raw: np.ndarray, clean: np.ndarray | None
+) -> dict:
     """One image's entry of metrics.json: where its output went and, with a reference, the quality of
     the raw input and of the restored image, and the PSNR gain."""
     entry = {"name": name, "output": str(output)}

@@ -4,10 +4,8 @@ loop with its callbacks, shared by every task."""
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path

@@ -1,4 +1,5 @@
-"""`python -m training.segment`: train a U-Net to segment cells or nuclei (background / interior / boundary, turned into one label per cell).
+"""`python -m training.segment`: train a U-Net to segment cells or nuclei (background / interior /
+boundary, turned into one label per cell).
 
 The task itself is `training.tasks.segment`; `--help` lists its options.
 """

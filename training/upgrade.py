@@ -41,7 +41,9 @@ def current_config(run_dir: Path) -> dict:
         check_schema(run_dir, values)
         return values
     task = get_task(values.get("task"), source=str(run_dir / CONFIG_FILE))
-    config = build_options(task.options, values | {SCHEMA_KEY: SCHEMA_VERSION}, source=str(run_dir / CONFIG_FILE))
+    config = build_options(
+        task.options, values | {SCHEMA_KEY: SCHEMA_VERSION}, source=str(run_dir / CONFIG_FILE)
+    )
     if (run_dir / METRICS_FILE).is_file() and (run_dir / SAMPLE_FILE).is_file():
         write_json(run_dir / DECLARATION_FILE, task.declare(run_dir, config).model_dump(mode="json"))
     write_json(run_dir / CONFIG_FILE, config.model_dump(mode="json"))

@@ -16,12 +16,16 @@ class MaxBlurPool2D(keras.layers.Layer):
     cause checkerboard artefacts in Noise2Void predictions.
     """
 
-    def build(self, input_shape):
-        channels = input_shape[-1]
+    @staticmethod
+    def blur_kernel(channels: int) -> np.ndarray:
+        """The depthwise (3, 3, channels, 1) binomial blur kernel, float32."""
         taps = np.array([1.0, 2.0, 1.0])
         kernel = np.outer(taps, taps) / 16.0
+        return np.repeat(kernel[:, :, None, None], channels, axis=2).astype("float32")
+
+    def build(self, input_shape):
         # A constant, not a weight: the blur is part of the architecture, not something to learn.
-        self._kernel = np.repeat(kernel[:, :, None, None], channels, axis=2).astype("float32")
+        self._kernel = self.blur_kernel(input_shape[-1])
 
     def call(self, inputs):
         x = ops.max_pool(inputs, pool_size=2, strides=1, padding="same")

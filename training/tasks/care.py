@@ -47,7 +47,9 @@ DEMO_GRID = 4  # the demo cuts scikit-image's `cell` into DEMO_GRID x DEMO_GRID 
 class CareConfig(TrainingConfig):
     """Supervised restoration (CARE) from pairs of low- and high-quality images."""
 
-    task: Literal["care"] = Field("care", description="What the run learns.", json_schema_extra={"cli": False})
+    task: Literal["care"] = Field(
+        "care", description="What the run learns.", json_schema_extra={"cli": False}
+    )
     data: str | None = Field(
         None,
         description="Folder with low/ and high/ (or noisy/ and clean/): image pairs matched by file name; "
@@ -58,9 +60,13 @@ class CareConfig(TrainingConfig):
         description="CSV with columns name,split (train/val/test); default: DATA/index.csv if present, "
         "else train/ val/ test/ sub-folders, else random.",
     )
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction for validation in a random split.")
+    val_fraction: float = Field(
+        0.15, ge=0.0, lt=1.0, description="Fraction for validation in a random split."
+    )
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction for test in a random split.")
-    noise_sigma: float = Field(25.0, gt=0, le=255, description="Noise of the embedded demo, on the 0-255 scale.")
+    noise_sigma: float = Field(
+        25.0, gt=0, le=255, description="Noise of the embedded demo, on the 0-255 scale."
+    )
     channel_axis: int | None = Field(
         None,
         ge=0,
@@ -189,11 +195,16 @@ class CareTask(Task):
 
     def load_data(self, config: CareConfig, *, resume_dir: Path | None, scratch: Path) -> PairData:
         if resume_dir is not None:
-            split = split_from_record(read_record(resume_dir / SPLIT_FILE, "which files were train, val, test"))
+            split = split_from_record(
+                read_record(resume_dir / SPLIT_FILE, "which files were train, val, test")
+            )
         else:
             data_dir = Path(config.data) if config.data is not None else scratch / DATA_DIR
             if config.data is None:
-                print(f"no --data given: tiles of scikit-image's `cell` image, Gaussian noise sigma {config.noise_sigma}")
+                print(
+                    "no --data given: tiles of scikit-image's `cell` image, Gaussian noise sigma "
+                    f"{config.noise_sigma}"
+                )
                 embedded_demo(data_dir, sigma=config.noise_sigma, seed=config.seed)
             elif not data_dir.is_dir():
                 raise UserInputError(f"{data_dir}: data folder not found")
@@ -258,7 +269,9 @@ class CareTask(Task):
             [restoration.normalize(p.high, target) for p in pairs],
         )
 
-    def training_data(self, config: CareConfig, data: PairData, run_dir: Path, *, first_epoch: int) -> TrainingData:
+    def training_data(
+        self, config: CareConfig, data: PairData, run_dir: Path, *, first_epoch: int
+    ) -> TrainingData:
         train = training_dataset(
             *self._normalized(data.pairs["train"], data.stats),
             patch_size=config.patch_size,
@@ -335,11 +348,12 @@ class CareTask(Task):
             ),
             training=training_lines(
                 config,
-                data=config.data or "tiles of scikit-image's `cell` image with added Gaussian noise (the "
-                "embedded demo)",
+                data=config.data
+                or "tiles of scikit-image's `cell` image with added Gaussian noise (the embedded demo)",
             ),
             validation=[
-                f"PSNR and SSIM against the high-quality images of the held-out **{metrics['evaluated_on']}** "
+                "PSNR and SSIM against the high-quality images of the held-out "
+                f"**{metrics['evaluated_on']}** "
                 "pairs (the data range of each high-quality image), never used for training:",
                 "",
                 *restoration.quality_table(metrics["images"], before="input", after="restored"),
@@ -349,7 +363,9 @@ class CareTask(Task):
     def output_names(self, stem: str) -> list[str]:
         return [f"{stem}_restored.tif"]
 
-    def predict_file(self, path: Path, out_dir: Path, *, run_dir: Path, config: CareConfig, model, runner) -> None:
+    def predict_file(
+        self, path: Path, out_dir: Path, *, run_dir: Path, config: CareConfig, model, runner
+    ) -> None:
         stats = restoration.read_normalization(run_dir)
         restored = np.stack(
             [

@@ -186,7 +186,9 @@ class NoisyData(TaskData):
     demo: bool  # generated (the embedded demo), to be kept in the run folder
 
 
-def _masking(config: DenoiseConfig):
+def masking(config: DenoiseConfig):
+    """The batch function that masks patches for blind-spot training, seeded by (seed, step)."""
+
     def mask(patches: tf.Tensor, step: tf.Tensor):
         seed = tf.stack([tf.cast(config.seed, tf.int64), step])
         return blind_spot_mask(
@@ -275,7 +277,7 @@ class DenoiseTask(Task):
     def training_data(
         self, config: DenoiseConfig, data: NoisyData, run_dir: Path, *, first_epoch: int
     ) -> TrainingData:
-        mask = _masking(config)
+        mask = masking(config)
         train = training_dataset(
             data.train,
             data.train,
@@ -289,7 +291,9 @@ class DenoiseTask(Task):
         train = train.enumerate(start=first_epoch * config.steps_per_epoch).map(
             lambda step, batch: mask(batch[0], step), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
-        val_patches, _ = grid_patches(data.val, data.val, patch_size=config.patch_size, max_patches=config.val_patches)
+        val_patches, _ = grid_patches(
+            data.val, data.val, patch_size=config.patch_size, max_patches=config.val_patches
+        )
         # Fixed masks for validation (seeded away from every training step), so epochs are comparable.
         val_x, val_y = mask(tf.constant(val_patches), tf.constant(-1, tf.int64))
         callbacks = [PeriodicCheckpoint(run_dir, config.checkpoint_every)] if config.checkpoint_every else []
@@ -301,7 +305,12 @@ class DenoiseTask(Task):
         results = []
         for image in data.images:
             denoised = restoration.restore_image(
-                model, image.noisy, stats=data.stats, tile_size=config.tile_size, tta=config.tta, runner=runner
+                model,
+                image.noisy,
+                stats=data.stats,
+                tile_size=config.tile_size,
+                tta=config.tta,
+                runner=runner,
             )
             target = out_dir / f"{image.name}.tif"
             restoration.write_restored(target, denoised)
@@ -359,7 +368,8 @@ class DenoiseTask(Task):
             training=[
                 *training_lines(
                     config,
-                    data=config.data or "scikit-image's `cell` image with added Gaussian noise (the embedded demo)",
+                    data=config.data
+                    or "scikit-image's `cell` image with added Gaussian noise (the embedded demo)",
                 ),
                 f"- Masking: {config.mask_fraction} of the pixels per patch, replacement "
                 f"{config.replacement}, structN2V axis {config.struct_axis}",
@@ -370,7 +380,9 @@ class DenoiseTask(Task):
     def output_names(self, stem: str) -> list[str]:
         return [f"{stem}_denoised.tif"]
 
-    def predict_file(self, path: Path, out_dir: Path, *, run_dir: Path, config: DenoiseConfig, model, runner) -> None:
+    def predict_file(
+        self, path: Path, out_dir: Path, *, run_dir: Path, config: DenoiseConfig, model, runner
+    ) -> None:
         stats = restoration.read_normalization(run_dir)
         slices = read_image_slices(path, channel_axis=config.channel_axis)
         denoised = np.stack(

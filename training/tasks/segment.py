@@ -23,7 +23,12 @@ from export.declaration import Citation, Declaration, Tensor
 from training.callbacks import adam
 from training.config import TrainingConfig
 from training.data import SPLITS, PairSplit, Sample, find_pairs, load_samples, split_from_record, split_record
-from training.evaluate import POSTPROCESSING_KEYS, evaluate_segmentation, predict_segmentation, tune_postprocessing
+from training.evaluate import (
+    POSTPROCESSING_KEYS,
+    evaluate_segmentation,
+    predict_segmentation,
+    tune_postprocessing,
+)
 from training.files import write_json
 from training.images import percentile_normalize, read_image, write_tiff_atomic
 from training.losses import WeightedSparseCategoricalCrossentropy
@@ -168,11 +173,11 @@ class SegmentTask(Task):
     )
     results_checkpoint = "best"
 
-    def load_data(
-        self, config: SegmentConfig, *, resume_dir: Path | None, scratch: Path
-    ) -> SegmentationData:
+    def load_data(self, config: SegmentConfig, *, resume_dir: Path | None, scratch: Path) -> SegmentationData:
         if resume_dir is not None:
-            split = split_from_record(read_record(resume_dir / SPLIT_FILE, "which files were train, val, test"))
+            split = split_from_record(
+                read_record(resume_dir / SPLIT_FILE, "which files were train, val, test")
+            )
         elif config.data is None:
             print(f"no --data given: generating {config.synthetic_images} synthetic nuclei images")
             write_synthetic_dataset(scratch / DATA_DIR, n_images=config.synthetic_images, seed=config.seed)
@@ -263,7 +268,9 @@ class SegmentTask(Task):
                 f"least {config.min_object_size} px (F1@0.5 {tuned['f1_at_0.5']:.3f} there)"
             )
             if evaluated_on == "val":
-                print("note: no test images, so the scores below are on the images the thresholds were tuned on")
+                print(
+                    "note: no test images, so the scores below are on the images the thresholds were tuned on"
+                )
         return {
             "evaluated_on": evaluated_on,
             "postprocessing": {key: getattr(config, key) for key in POSTPROCESSING_KEYS},
@@ -363,7 +370,9 @@ class SegmentTask(Task):
             runner, image, geometry=model_geometry(model), config=config
         )
         targets = [out_dir / name for name in self.output_names(path.stem)]
-        write_tiff_atomic(targets[0], np.moveaxis(probabilities, -1, 0), imagej=True, metadata={"axes": "CYX"})
+        write_tiff_atomic(
+            targets[0], np.moveaxis(probabilities, -1, 0), imagej=True, metadata={"axes": "CYX"}
+        )
         label_dtype = np.uint16 if instances.max() < 2**16 else np.uint32
         write_tiff_atomic(targets[1], instances.astype(label_dtype), imagej=label_dtype == np.uint16)
         print(f"{path.name}: {int(instances.max())} objects -> {targets[1]}")
