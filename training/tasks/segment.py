@@ -17,7 +17,14 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from base.errors import UserInputError
-from base.run_folder import DATA_DIR, METRICS_FILE, POSTPROCESSING_FILE, SPLIT_FILE, read_record
+from base.run_folder import (
+    DATA_DIR,
+    METRICS_FILE,
+    POSTPROCESSING_FILE,
+    SAMPLE_FILE,
+    SPLIT_FILE,
+    read_record,
+)
 from export import processing
 from export.declaration import Citation, Declaration, Tensor
 from training.callbacks import adam
@@ -322,7 +329,7 @@ class SegmentTask(Task):
             f"{post.get('min_object_size', '?')} px are dropped (thresholds chosen on the validation "
             "images).",
         ]
-        channels = int(np.load(run_dir / "sample.npy", mmap_mode="r").shape[-1])
+        channels = int(np.load(run_dir / SAMPLE_FILE, mmap_mode="r").shape[-1])
         return Declaration(
             task=self.name,
             checkpoint=self.results_checkpoint,
