@@ -48,14 +48,9 @@ def _train(task: Task, config: TrainingConfig, resume_dir: Path | None) -> Path:
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    parent = resume_dir.parent if resume_dir is not None else Path(config.out_dir)
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserInputError(f"{parent}: cannot create the output folder ({error.strerror})") from None
-    # Generated data (an embedded demo) is made here, beside the run folder it then moves into.
-    with tempfile.TemporaryDirectory(prefix=".staging-", dir=parent) as scratch:
-        data = task.load_data(config, resume_dir=resume_dir, scratch=Path(scratch))
+    # Generated data (an embedded demo) is made in a scratch folder, then kept in the run folder.
+    with nullcontext() if resume_dir is not None else tempfile.TemporaryDirectory(prefix="bkz-") as scratch:
+        data = task.load_data(config, resume_dir=resume_dir, scratch=scratch and Path(scratch))
         run_dir = resume_dir or new_run_dir(config, task.name)
         with removed_unless_resumable(run_dir) if resume_dir is None else nullcontext():
             if resume_dir is None:

@@ -52,9 +52,10 @@ class Task:
     results_checkpoint: ClassVar[str]  # "best" or "last": the checkpoint evaluated, predicted, exported
 
     # === Data ===
-    def load_data(self, config: TrainingConfig, *, resume_dir: Path | None, scratch: Path) -> TaskData:
+    def load_data(self, config: TrainingConfig, *, resume_dir: Path | None, scratch: Path | None) -> TaskData:
         """Read and check every input (all problems at once, as one `UserInputError`); with `resume_dir`,
-        the data that run recorded. Nothing is written but into `scratch` (e.g. the embedded demo)."""
+        the data that run recorded (and `scratch` is None). Nothing is written but into `scratch` (e.g.
+        the embedded demo)."""
         raise NotImplementedError
 
     def keep_data(self, data: TaskData, run_dir: Path) -> None:

@@ -9,6 +9,7 @@ come back in the targets' intensities. Inference and quality: `training.restorat
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -244,7 +245,7 @@ class CareTask(Task):
     def keep_data(self, data: PairData, run_dir: Path) -> None:
         data_dir = data.split.data_dir
         if data.demo:  # the generated pairs stay with the run, so it can be resumed
-            data_dir = data_dir.rename(run_dir / DATA_DIR)
+            data_dir = Path(shutil.move(data_dir, run_dir / DATA_DIR))
         write_json(run_dir / SPLIT_FILE, split_record(data.split, data_dir.resolve()))
         write_json(run_dir / NORMALIZATION_FILE, data.stats)
 

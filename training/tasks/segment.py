@@ -8,6 +8,7 @@ threshold tuning: `training.evaluate`.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -212,7 +213,7 @@ class SegmentTask(Task):
     def keep_data(self, data: SegmentationData, run_dir: Path) -> None:
         data_dir = data.split.data_dir
         if data.demo:  # the generated dataset stays with the run, so it can be resumed
-            data_dir = data_dir.rename(run_dir / DATA_DIR)
+            data_dir = Path(shutil.move(data_dir, run_dir / DATA_DIR))
         write_json(run_dir / SPLIT_FILE, split_record(data.split, data_dir.resolve()))
 
     def build_model(self, config: SegmentConfig, channels: int) -> keras.Model:
