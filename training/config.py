@@ -80,6 +80,15 @@ class TrainingConfig(BaseModel):
         "improvement of `monitor`; 0 disables early stopping.",
     )
 
+    channel_axis: int | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="Channel axis of multi-channel images; default: detected (a first or last axis of at "
+        "most 4).",
+    )
+    tile_size: int = Field(512, ge=32, le=8192, description="Tile side for prediction of large images.")
+
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
         "auto", description="auto: mixed_float16 on a GPU, float32 on a CPU."
     )
@@ -105,6 +114,63 @@ class TrainingConfig(BaseModel):
         if self.min_learning_rate > self.learning_rate:
             raise ValueError("min_learning_rate must not exceed learning_rate")
         return self
+
+
+class UNetOptions(BaseModel):
+    """The network options of the tasks that train a U-Net (with the restoration tasks' defaults)."""
+
+    depth: int = Field(2, ge=1, le=6, description="U-Net depth (number of 2x down-samplings).")
+    base_filters: int = Field(32, ge=1, le=512, description="Filters of the first U-Net level.")
+    kernel_size: int = Field(3, ge=1, le=11, description="Convolution kernel size (odd).")
+    batch_norm: bool = Field(True, description="Batch normalisation after each convolution.")
+
+    def network_arguments(self) -> dict:
+        """The arguments of the zoo's builders that these options set."""
+        return {
+            "depth": self.depth,
+            "base_filters": self.base_filters,
+            "kernel_size": self.kernel_size,
+            "batch_norm": self.batch_norm,
+        }
+
+    @model_validator(mode="after")
+    def _check_network(self):
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        if self.patch_size % 2**self.depth:
+            raise ValueError(
+                f"patch_size ({self.patch_size}) must be a multiple of 2**depth ({2**self.depth})"
+            )
+        return self
+
+
+class PairSplitOptions(BaseModel):
+    """How the tasks that learn from pairs of files (image and mask, low and high) split them."""
+
+    split_csv: str | None = Field(
+        None,
+        description="CSV with columns name,split (train/val/test); default: DATA/index.csv if present, "
+        "else train/ val/ test/ sub-folders, else random.",
+    )
+    val_fraction: float = Field(
+        0.15, ge=0.0, lt=1.0, description="Fraction for validation in a random split."
+    )
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction for test in a random split.")
+
+    @model_validator(mode="after")
+    def _check_split(self):
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave images for training")
+        return self
+
+
+class RestorationOptions(BaseModel):
+    """Options of the tasks whose output is an image (denoising, CARE)."""
+
+    noise_sigma: float = Field(
+        25.0, gt=0, le=255, description="Noise of the embedded demo, on the 0-255 scale."
+    )
+    tta: bool = Field(False, description="8-fold test-time augmentation when predicting.")
 
 
 def build_config(cls: type[TrainingConfig], values: dict[str, Any], *, source: str) -> TrainingConfig:

@@ -4,8 +4,7 @@ Both are U-Net configurations: an image-to-image network with a linear output, s
 plain denoiser. The blind spot that makes self-supervision work lives in the training data (see
 `training.masking`), not in the network. A residual connection (input added to the output) is an option,
 off by default: trained blind, the network never sees its own centre pixel and so cannot learn to
-cancel it on the identity path. Measured (bench/README.md): an input change at a pixel moved the residual
-model's output there by 0.36-0.55, the plain model's by 0.06, and the plain model scored 1.9 dB higher.
+cancel it on the identity path, and noise leaks through (measured: docs/benchmarks.md, bench/README.md).
 """
 
 from __future__ import annotations
@@ -15,9 +14,8 @@ import keras
 from zoo.unet import build_unet
 
 # Batch norm's moving statistics move 10 % of the way to each batch's (PyTorch's default, CAREamics'):
-# after a short training, Keras's 0.99 leaves them behind the weights. Measured on the standard N2V
-# (500 steps, seed 0, bench/precision.py settings): PSNR 35.88 -> 36.95 dB in float32, 36.73 -> 37.06 dB
-# in bfloat16.
+# after a short training, Keras's 0.99 leaves them behind the weights (the PSNR it gained on the standard
+# N2V benchmark: docs/benchmarks.md).
 BATCH_NORM_MOMENTUM = 0.9
 
 

@@ -17,14 +17,14 @@ from typing import Literal
 import keras
 import numpy as np
 import tifffile
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from base.errors import UserInputError
 from base.run_folder import DATA_DIR, METRICS_FILE, NORMALIZATION_FILE, SPLIT_FILE, read_record
 from export.declaration import Citation, Declaration, Tensor
 from training import restoration
 from training.callbacks import adam
-from training.config import TrainingConfig
+from training.config import PairSplitOptions, RestorationOptions, TrainingConfig, UNetOptions
 from training.data import SPLITS, PairLayout, PairSplit, find_pairs, split_from_record, split_record
 from training.files import write_json
 from training.images import read_image, read_image_slices
@@ -45,7 +45,7 @@ OUTPUT_DIR = "restored"  # in the run folder: the held-out images, restored by t
 DEMO_GRID = 4  # the demo cuts scikit-image's `cell` into DEMO_GRID x DEMO_GRID pairs
 
 
-class CareConfig(TrainingConfig):
+class CareConfig(UNetOptions, PairSplitOptions, RestorationOptions, TrainingConfig):
     """Supervised restoration (CARE) from pairs of low- and high-quality images."""
 
     task: Literal["care"] = Field(
@@ -55,25 +55,6 @@ class CareConfig(TrainingConfig):
         None,
         description="Folder with low/ and high/ (or noisy/ and clean/): image pairs matched by file name; "
         "none: the embedded demo, tiles of scikit-image's `cell` image with added Gaussian noise.",
-    )
-    split_csv: str | None = Field(
-        None,
-        description="CSV with columns name,split (train/val/test); default: DATA/index.csv if present, "
-        "else train/ val/ test/ sub-folders, else random.",
-    )
-    val_fraction: float = Field(
-        0.15, ge=0.0, lt=1.0, description="Fraction for validation in a random split."
-    )
-    test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction for test in a random split.")
-    noise_sigma: float = Field(
-        25.0, gt=0, le=255, description="Noise of the embedded demo, on the 0-255 scale."
-    )
-    channel_axis: int | None = Field(
-        None,
-        ge=0,
-        le=2,
-        description="Channel axis of multi-channel images; default: detected (a first or last axis of at "
-        "most 4).",
     )
 
     patch_size: int = Field(64, ge=16, le=4096, description="Side of the square training patches, in pixels.")
@@ -89,30 +70,12 @@ class CareConfig(TrainingConfig):
         description="Network: n2v, the U-Net of CSBDeep that CARE and Noise2Void share; n2v2: with blur-pool "
         "down-sampling and no top-level skip.",
     )
-    depth: int = Field(2, ge=1, le=6, description="U-Net depth.")
-    base_filters: int = Field(32, ge=1, le=512, description="Filters of the first U-Net level.")
-    kernel_size: int = Field(3, ge=1, le=11, description="Convolution kernel size (odd).")
-    batch_norm: bool = Field(True, description="Batch normalisation after each convolution.")
     residual: bool = Field(
         True,
         description="Add the input to the network's output, so it learns the correction (CSBDeep's default "
         "when input and output have the same channels).",
     )
     loss: Literal["mae", "mse"] = Field("mae", description="Loss between output and target (CARE: mae).")
-    tta: bool = Field(False, description="8-fold test-time augmentation when predicting.")
-    tile_size: int = Field(512, ge=32, le=8192, description="Tile side for prediction of large images.")
-
-    @model_validator(mode="after")
-    def _check_care(self) -> CareConfig:
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
-        if self.patch_size % 2**self.depth:
-            raise ValueError(
-                f"patch_size ({self.patch_size}) must be a multiple of 2**depth ({2**self.depth})"
-            )
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("val_fraction + test_fraction must leave images for training")
-        return self
 
 
 @dataclass
@@ -253,10 +216,7 @@ class CareTask(Task):
         model = build_model(
             config.model,
             input_channels=channels,
-            depth=config.depth,
-            base_filters=config.base_filters,
-            kernel_size=config.kernel_size,
-            batch_norm=config.batch_norm,
+            **config.network_arguments(),
             residual=config.residual,
         )
         loss = keras.losses.MeanAbsoluteError() if config.loss == "mae" else keras.losses.MeanSquaredError()

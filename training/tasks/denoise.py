@@ -22,7 +22,7 @@ from base.run_folder import DATA_DIR, DATA_FILE, METRICS_FILE, NORMALIZATION_FIL
 from export.declaration import Citation, Declaration, Tensor
 from training import restoration
 from training.callbacks import PeriodicCheckpoint, adam
-from training.config import TrainingConfig
+from training.config import RestorationOptions, TrainingConfig, UNetOptions
 from training.files import write_json
 from training.images import read_image_slices
 from training.masking import MaskedLoss, blind_spot_mask
@@ -48,7 +48,7 @@ STRUCT_N2V = Citation(
 OUTPUT_DIR = "denoised"  # in the run folder: every input image, denoised by the results checkpoint
 
 
-class DenoiseConfig(TrainingConfig):
+class DenoiseConfig(UNetOptions, RestorationOptions, TrainingConfig):
     """Self-supervised denoising with Noise2Void, N2V2 or structN2V, trained on the noisy images alone."""
 
     task: Literal["denoise"] = Field(
@@ -63,16 +63,6 @@ class DenoiseConfig(TrainingConfig):
         None,
         description="Clean reference (file, or folder matched by name) for PSNR "
         "and SSIM; none: no reference (the embedded demo has one).",
-    )
-    noise_sigma: float = Field(
-        25.0, gt=0, le=255, description="Noise of the embedded demo, on the 0-255 scale."
-    )
-    channel_axis: int | None = Field(
-        None,
-        ge=0,
-        le=2,
-        description="Channel axis of multi-channel images; "
-        "default: detected (a first or last axis of at most 4).",
     )
     val_fraction: float = Field(
         0.1,
@@ -111,10 +101,6 @@ class DenoiseConfig(TrainingConfig):
         description="n2v: the original network; n2v2: blur-pool "
         "down-sampling and no top-level skip (fewer checkerboard artefacts).",
     )
-    depth: int = Field(2, ge=1, le=6, description="U-Net depth.")
-    base_filters: int = Field(32, ge=1, le=512, description="Filters of the first U-Net level.")
-    kernel_size: int = Field(3, ge=1, le=11, description="Convolution kernel size (odd).")
-    batch_norm: bool = Field(True, description="Batch normalisation after each convolution.")
     residual: bool = Field(
         False,
         description="Add the input to the network's output. Off by default: a blind-spot network cannot "
@@ -150,17 +136,9 @@ class DenoiseConfig(TrainingConfig):
         description="Also keep checkpoints/epoch-NNNN.keras every this many "
         "epochs (0: never), since N2V's validation loss is a noisy guide.",
     )
-    tta: bool = Field(False, description="8-fold test-time augmentation when predicting.")
-    tile_size: int = Field(512, ge=32, le=8192, description="Tile side for prediction of large images.")
 
     @model_validator(mode="after")
     def _check_denoise(self) -> DenoiseConfig:
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
-        if self.patch_size % 2**self.depth:
-            raise ValueError(
-                f"patch_size ({self.patch_size}) must be a multiple of 2**depth ({2**self.depth})"
-            )
         if (self.struct_axis is None) != (self.struct_span == 0):
             raise ValueError("structN2V needs both struct_axis and struct_span > 0 (or neither)")
         if self.mask_fraction * self.patch_size**2 < 1:
@@ -264,10 +242,7 @@ class DenoiseTask(Task):
         model = build_model(
             config.model,
             input_channels=channels,
-            depth=config.depth,
-            base_filters=config.base_filters,
-            kernel_size=config.kernel_size,
-            batch_norm=config.batch_norm,
+            **config.network_arguments(),
             residual=config.residual,
             independent_channels=config.independent_channels,
         )

@@ -29,7 +29,7 @@ from base.run_folder import (
 from export import processing
 from export.declaration import Citation, Declaration, Tensor
 from training.callbacks import adam
-from training.config import TrainingConfig
+from training.config import PairSplitOptions, TrainingConfig, UNetOptions
 from training.data import SPLITS, PairSplit, Sample, find_pairs, load_samples, split_from_record, split_record
 from training.evaluate import (
     POSTPROCESSING_KEYS,
@@ -57,7 +57,7 @@ UNET = Citation(
 CLASS_COLOURS = [(0, 0, 0), (60, 220, 90), (230, 60, 200)]
 
 
-class SegmentConfig(TrainingConfig):
+class SegmentConfig(UNetOptions, PairSplitOptions, TrainingConfig):
     """Semantic segmentation into background / interior / boundary, turned back into instances."""
 
     task: Literal["segment"] = Field(
@@ -69,24 +69,8 @@ class SegmentConfig(TrainingConfig):
         description="Folder with images/ and masks/ (matched by file name); "
         "none: the embedded synthetic nuclei dataset.",
     )
-    split_csv: str | None = Field(
-        None,
-        description="CSV with columns name,split (train/val/test); default: "
-        "DATA/index.csv if present, else train/ val/ test/ sub-folders, else random.",
-    )
-    val_fraction: float = Field(
-        0.15, ge=0.0, lt=1.0, description="Fraction for validation in a random split."
-    )
-    test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Fraction for test in a random split.")
     synthetic_images: int = Field(
         32, ge=3, le=10_000, description="Images of the embedded synthetic dataset."
-    )
-    channel_axis: int | None = Field(
-        None,
-        ge=0,
-        le=2,
-        description="Channel axis of multi-channel images; "
-        "default: detected (a first or last axis of at most 4).",
     )
     percentile_low: float = Field(
         1.0, ge=0, lt=100, description="Lower percentile of per-image normalisation."
@@ -98,8 +82,6 @@ class SegmentConfig(TrainingConfig):
     model: Literal["unet"] = Field("unet", description="Registered model to train.")
     depth: int = Field(3, ge=1, le=6, description="U-Net depth (number of 2x down-samplings).")
     base_filters: int = Field(16, ge=1, le=512, description="Filters of the first U-Net level.")
-    kernel_size: int = Field(3, ge=1, le=11, description="Convolution kernel size (odd).")
-    batch_norm: bool = Field(True, description="Batch normalisation after each convolution.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after each convolution block.")
     upsampling: Literal["transpose", "nearest", "repeat"] = Field(
         "transpose", description="Decoder up-sampling."
@@ -126,20 +108,11 @@ class SegmentConfig(TrainingConfig):
         "object size that give the best F1 at IoU 0.5 on the validation images (never the test images); "
         "the choice is kept in postprocessing.json and used for evaluation and prediction.",
     )
-    tile_size: int = Field(512, ge=32, le=8192, description="Tile side for prediction of large images.")
 
     @model_validator(mode="after")
     def _check_segment(self) -> SegmentConfig:
         if self.percentile_low >= self.percentile_high:
             raise ValueError("percentile_low must be smaller than percentile_high")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("val_fraction + test_fraction must leave images for training")
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
-        if self.patch_size % 2**self.depth:
-            raise ValueError(
-                f"patch_size ({self.patch_size}) must be a multiple of 2**depth ({2**self.depth})"
-            )
         if any(w < 0 for w in self.class_weights):
             raise ValueError("class_weights must not be negative")
         return self
@@ -221,10 +194,7 @@ class SegmentTask(Task):
             config.model,
             input_channels=channels,
             num_classes=len(CLASS_NAMES),
-            depth=config.depth,
-            base_filters=config.base_filters,
-            kernel_size=config.kernel_size,
-            batch_norm=config.batch_norm,
+            **config.network_arguments(),
             dropout=config.dropout,
             upsampling=config.upsampling,
             final_activation="softmax",
