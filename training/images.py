@@ -126,7 +126,25 @@ def read_mask(path: Path) -> np.ndarray:
         raise UserInputError(f"{path}: mask has negative labels")
     if array.max() > np.iinfo(np.int32).max:
         raise UserInputError(f"{path}: mask labels exceed {np.iinfo(np.int32).max}")
+    _refuse_binary_mask(array, path)
     return array.astype(np.int32)
+
+
+def _refuse_binary_mask(array: np.ndarray, path: Path) -> None:
+    """A mask with one value over several separate objects is a binary (0/255) mask, which would train
+    the network that the whole image holds one cell: refuse it and say how to label it."""
+    values = np.unique(array)
+    if len(values) != 2 or values[0] != 0:
+        return
+    from scipy import ndimage
+
+    _, objects = ndimage.label(array > 0)
+    if objects > 1:
+        raise UserInputError(
+            f"{path}: a binary mask (the one value {values[1]} over {objects} separate objects); give each "
+            "object its own label (Fiji: Analyze > Analyze Particles, Show: Count Masks; Python: "
+            "skimage.measure.label)"
+        )
 
 
 def percentile_normalize(
