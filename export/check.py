@@ -11,8 +11,9 @@
 6. ONNX (onnxruntime) and TorchScript give the Keras output, within 1e-4, on the test input and on an input
    of another, non-square size.
 
-This module imports neither `zoo` nor `training`: it runs in a process that knows only what any
-bioimage.io consumer knows, so a package that passes here stands on its own.
+This module imports neither `zoo` nor `training` (only `base`, which holds no model code): it runs in a
+process that knows only what any bioimage.io consumer knows, so a package that passes here stands on its
+own.
 """
 
 from __future__ import annotations

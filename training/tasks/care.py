@@ -157,7 +157,7 @@ class CareTask(Task):
     )
     results_checkpoint = "best"
 
-    def load_data(self, config: CareConfig, *, resume_dir: Path | None, scratch: Path) -> PairData:
+    def load_data(self, config: CareConfig, *, resume_dir: Path | None, scratch: Path | None) -> PairData:
         if resume_dir is not None:
             split = split_from_record(
                 read_record(resume_dir / SPLIT_FILE, "which files were train, val, test")

@@ -195,7 +195,7 @@ class DenoiseTask(Task):
     # last checkpoint, whose weights are averaged over the last steps (`average_steps`), is steadier.
     results_checkpoint = "last"
 
-    def load_data(self, config: DenoiseConfig, *, resume_dir: Path | None, scratch: Path) -> NoisyData:
+    def load_data(self, config: DenoiseConfig, *, resume_dir: Path | None, scratch: Path | None) -> NoisyData:
         if resume_dir is not None:
             record = read_record(resume_dir / DATA_FILE, "where the noisy images came from")
             data = Path(record["data"])

@@ -154,7 +154,9 @@ class SegmentTask(Task):
     )
     results_checkpoint = "best"
 
-    def load_data(self, config: SegmentConfig, *, resume_dir: Path | None, scratch: Path) -> SegmentationData:
+    def load_data(
+        self, config: SegmentConfig, *, resume_dir: Path | None, scratch: Path | None
+    ) -> SegmentationData:
         if resume_dir is not None:
             split = split_from_record(
                 read_record(resume_dir / SPLIT_FILE, "which files were train, val, test")
