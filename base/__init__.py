@@ -2,5 +2,6 @@
 type that carries its exit status (`base.errors`) and the command-line machinery (`base.cli`).
 
 Floors: `zoo` and `base` at the bottom, then `export`, then `training`. `base` imports no deep-learning
-library, so a command's `--help` and its errors cost no TensorFlow start-up.
+library: the package checker (`export.check`), which must run where only a consumer's libraries are, uses
+it.
 """

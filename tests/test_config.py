@@ -1,26 +1,40 @@
-"""Tests of the segmentation config (training.config) as the command line builds it (training.cli):
+"""Tests of the segmentation config (training.tasks.segment) as the command line builds it (training.cli,
+base.cli):
 validation messages, range and cross-field checks, precedence of flags over `--config`, list and boolean
 flags, the round trip through `config.json`, and the per-epoch learning-rate schedules.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
 
 import pytest
 
+import training.core
 import training.segment
-from training.callbacks import epoch_schedule
-from training.cli import config_from_args, config_parser
-from training.config import SegmentConfig
+from base.cli import build_options, given_values, read_options_file
 from base.errors import UserInputError
+from training.callbacks import epoch_schedule
+from training.cli import training_parser
+from training.tasks import get_task
+from training.tasks.segment import SegmentConfig
+
+
+def _config_and_flags(args: argparse.Namespace) -> tuple[SegmentConfig, dict]:
+    """The config as the training command builds it (defaults < `--config` file < flags), and the flags
+    that were given."""
+    values = read_options_file(args.config) if args.config else {}
+    flags = given_values(SegmentConfig, args)
+    source = f"{args.config} + command line" if args.config else "command line"
+    return build_options(SegmentConfig, values | flags, source=source), flags
 
 
 def _config(*argv: str) -> SegmentConfig:
-    parser = config_parser(SegmentConfig, prog="test", description="")
-    return config_from_args(SegmentConfig, parser.parse_args(list(argv)))[0]
+    parser = training_parser(get_task("segment"))
+    return _config_and_flags(parser.parse_args(list(argv)))[0]
 
 
 def _error(*argv: str) -> str:
@@ -108,17 +122,32 @@ def test_cross_field_edge_that_is_valid_is_accepted(argv: tuple[str, ...]) -> No
     _config(*argv)
 
 
+# === --help ===
+
+
+def test_help_prints_each_default_once() -> None:
+    parser = training_parser(get_task("segment"))
+    text = " ".join(parser.format_help().split())
+
+    assert "--epochs EPOCHS Number of epochs. (default: 20)" in text
+    assert "Batch normalisation after each convolution. (default: on)" in text
+    assert "Loss weights of background, interior, boundary. (default: 1.0 1.0 10.0)" in text
+    assert "(default: None)" not in text and "[default:" not in text
+    # Every "default:" printed is one that an option's own help holds (the formatter adds none).
+    assert text.count("default:") == sum((action.help or "").count("default:") for action in parser._actions)
+    for action in parser._actions:
+        assert (action.help or "").count("(default:") <= 1, action.dest
+
+
 # === Where values come from ===
 
 
 def test_flags_override_the_config_file(tmp_path: Path) -> None:
     config_file = tmp_path / "options.json"
     config_file.write_text(json.dumps({"epochs": 5, "depth": 2, "patch_size": 64}))
-    parser = config_parser(SegmentConfig, prog="test", description="")
+    parser = training_parser(get_task("segment"))
 
-    config, flags = config_from_args(
-        SegmentConfig, parser.parse_args(["--config", str(config_file), "--epochs", "7"])
-    )
+    config, flags = _config_and_flags(parser.parse_args(["--config", str(config_file), "--epochs", "7"]))
 
     assert (config.epochs, config.depth, config.patch_size) == (7, 2, 64)
     assert flags == {"epochs": "7"}
@@ -147,8 +176,8 @@ def test_no_deterministic_turns_determinism_off() -> None:
 def test_config_json_of_a_run_round_trips_into_the_config(
     tiny_segment_flags: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Only what `run` writes before training is under test here: skip the training itself.
-    monkeypatch.setattr(training.segment, "_train", lambda *args, **kwargs: None)
+    # Only what the core writes before training is under test here: skip the training itself.
+    monkeypatch.setattr(training.core, "_fit_and_evaluate", lambda *args, **kwargs: None)
     argv = [
         *tiny_segment_flags,
         "--out-dir",

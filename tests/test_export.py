@@ -27,12 +27,15 @@ import zoo
 from export import describe
 from export.__main__ import main as export_main
 from export.check import check_package
+from export.declaration import Declaration, Operation
 from export.errors import ExportError
 from export.portable import portable_model
 from export.weights import write_onnx, write_torchscript
 from training import denoise, segment
-from training.config import DenoiseConfig, build_config
+from training.config import build_config
 from training.images import percentile_normalize
+from training.restoration import restore_image
+from training.tasks.denoise import DenoiseConfig
 from training.tiling import tiled_predict
 
 ORT113 = Path(__file__).parent / "ort113"
@@ -135,8 +138,19 @@ def test_halo_is_rounded_so_that_twice_it_is_a_multiple_of_the_step(step, halo, 
     geometry = zoo.Geometry(step=step, receptive_field=2 * halo + 1, halo=halo, border=border)
 
     class FakeRun:
-        task = "segment"
         channels = 1
+        declaration = Declaration(
+            task="segment",
+            checkpoint="best",
+            name="fake",
+            description="fake",
+            tags=[],
+            cite=[{"text": "fake", "doi": "10.0/fake"}],
+            input={"id": "raw", "channels": ["channel0"], "description": "fake"},
+            output={"id": "probabilities", "channels": ["a", "b", "c"], "description": "fake"},
+            training=[],
+            validation=[],
+        )
 
     FakeRun.geometry = geometry
     sizes = describe.tensors(FakeRun)
@@ -274,10 +288,10 @@ def test_onnx_runs_on_onnxruntime_1_13_1_and_reproduces_the_test_output(
         rdf = read_yaml(folder / "rdf.yaml")
         (inp,), (out,) = rdf["inputs"], rdf["outputs"]
         model = keras.models.load_model(folder / "weights.keras", compile=False)
-        from export.processing import Operation, apply
+        from export.processing import apply
 
         def ops(entries):
-            return [Operation(e["id"], e["kwargs"]) for e in entries if e["id"] != "ensure_dtype"]
+            return [Operation(id=e["id"], kwargs=e["kwargs"]) for e in entries if e["id"] != "ensure_dtype"]
 
         raw = np.load(folder / inp["test_tensor"]["source"])
         normalized = apply(ops(inp.get("preprocessing", [])), raw)
@@ -369,14 +383,14 @@ def test_round_trip_of_a_1024_image_matches_the_projects_own_tiled_prediction(se
     np.testing.assert_allclose(theirs, ours, atol=1e-4)
 
 
-def test_round_trip_of_a_denoising_package_matches_training_denoise_image(denoise_run, denoise_package):
+def test_round_trip_of_a_denoising_package_matches_training_restore_image(denoise_run, denoise_package):
     image = _large_image()
     config = build_config(
         DenoiseConfig, json.loads((denoise_run / "config.json").read_text()), source="run"
     ).model_copy(update={"tile_size": 256})
     stats = json.loads((denoise_run / "normalization.json").read_text())
     model = keras.models.load_model(denoise_run / "last.keras", compile=False)
-    ours = denoise.denoise_image(model, image, stats=stats, config=config)
+    ours = restore_image(model, image, stats=stats, tile_size=config.tile_size, tta=config.tta)
     theirs = _core_tiled(denoise_package, image, blocksize=12)
     # Relative to the intensities (about 0-255): 1e-4 of the network's normalised output, scaled back.
     np.testing.assert_allclose(theirs, ours, atol=1e-4 * stats["std"][0] + 1e-4)
@@ -418,7 +432,8 @@ def test_bad_run_folders_are_refused_and_nothing_is_written(segment_run, tmp_pat
     assert export_main([str(tmp_path / "missing"), "--out", str(out / "p.zip")]) == 2
     assert "no such run folder" in _error(capsys)
 
-    for removed, words in [("metrics.json", "no metrics.json"), ("sample.npy", "no sample.npy")]:
+    # Export reads the checkpoint, sample.npy, declaration.json and config.json (for its schema version).
+    for removed, words in [("declaration.json", "no declaration.json"), ("sample.npy", "no sample.npy")]:
         broken = tmp_path / f"without-{removed}"
         shutil.copytree(segment_run, broken)
         (broken / removed).unlink()

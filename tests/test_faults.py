@@ -252,8 +252,9 @@ def test_a_full_disk_stops_training_with_a_clear_error_and_no_half_written_file(
 
 
 def test_a_checkpoint_or_history_write_on_a_full_disk_keeps_the_previous_version(small_disk):
-    from training.callbacks import save_model_atomic, write_atomic
     from base.errors import UserInputError
+    from training.callbacks import save_model_atomic
+    from training.files import write_atomic
 
     model = zoo.build_model("unet", depth=1, base_filters=4)
     save_model_atomic(model, small_disk / "last.keras")

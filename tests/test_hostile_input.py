@@ -20,11 +20,15 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from training import segment
-from training.config import DenoiseConfig, SegmentConfig, build_config, read_config_file
-from training.denoise import load_noisy_images
+from base.cli import read_options_file
 from base.errors import UserInputError
+from training import segment
+from training.config import build_config
 from training.images import MAX_CHANNELS, MAX_IMAGE_BYTES, read_image, read_image_slices, read_mask
+from training.noisy_images import load_noisy_images
+from training.tasks.care import CareConfig
+from training.tasks.denoise import DenoiseConfig
+from training.tasks.segment import SegmentConfig
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -231,7 +235,7 @@ JSON_VALUES = st.recursive(
 
 @SETTINGS
 @given(
-    cls=st.sampled_from([SegmentConfig, DenoiseConfig]),
+    cls=st.sampled_from([SegmentConfig, DenoiseConfig, CareConfig]),
     data=st.data(),
 )
 def test_config_values_are_accepted_or_refused_in_one_clear_message(cls, data):
@@ -254,7 +258,7 @@ def test_config_files_of_any_content_are_read_or_refused_clearly(tmp_path, conte
     path = tmp_path / "options.json"
     path.write_bytes(content)
     try:
-        values = read_config_file(path)
+        values = read_options_file(path)
     except UserInputError as error:
         _fails_clearly(error, path)
         return

@@ -7,11 +7,11 @@ import numpy as np
 import tifffile
 from skimage.draw import disk
 
-from training.config import SegmentConfig
 from training.evaluate import POSTPROCESSING_KEYS, tune_postprocessing
 from training.predict import main as predict_main
 from training.segment import main as segment_main
 from training.targets import instance_to_classes
+from training.tasks.segment import SegmentConfig
 
 
 def _nuclei(seed: int) -> np.ndarray:

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from training.config import SegmentConfig
 from training.segment import main
+from training.tasks.segment import SegmentConfig
 
 RUN_FILES = (
     "config.json",
@@ -28,6 +28,8 @@ RUN_FILES = (
     "history.csv",
     "curves.png",
     "metrics.json",
+    "sample.npy",
+    "declaration.json",
 )
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The split written by write_synthetic_dataset(n_images=4, seed=0) into index.csv.
@@ -124,7 +126,9 @@ def test_split_json_follows_the_index_csv(finished_run: Path, tiny_segment_data:
 
 
 def test_config_json_holds_the_options_of_the_command_line(finished_run: Path) -> None:
-    config = SegmentConfig(**json.loads((finished_run / "config.json").read_text()))
+    values = json.loads((finished_run / "config.json").read_text())
+    assert values["schema_version"] == 2
+    config = SegmentConfig(**values)
     assert (config.epochs, config.patch_size, config.depth, config.base_filters) == (2, 32, 1, 4)
     assert config.run_name == "tiny"
 
@@ -357,3 +361,17 @@ def test_resume_of_a_finished_run_trains_no_more_epochs(run_copy: Path) -> None:
     assert code == 0
     assert (run_copy / "history.csv").read_bytes() == history
     assert (run_copy / "metrics.json").is_file()
+
+
+def test_resume_upgrades_a_run_folder_of_schema_1_in_place(run_copy: Path) -> None:
+    config = json.loads((run_copy / "config.json").read_text())
+    del config["schema_version"]
+    (run_copy / "config.json").write_text(json.dumps(config))
+    (run_copy / "declaration.json").unlink()
+    history = (run_copy / "history.csv").read_bytes()
+
+    assert main(["--resume", str(run_copy)]) == 0
+
+    assert json.loads((run_copy / "config.json").read_text()) == config | {"schema_version": 2}
+    assert (run_copy / "declaration.json").is_file()
+    assert (run_copy / "history.csv").read_bytes() == history

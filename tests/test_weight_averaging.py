@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from training.callbacks import AveragedWeights, adam
-from training.config import SegmentConfig
 from training.segment import main
+from training.tasks.segment import SegmentConfig
 
 
 @pytest.mark.parametrize(("average_steps", "momentum"), [(50, 0.98), (4, 0.75), (1, None), (0, None)])
