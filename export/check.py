@@ -18,11 +18,13 @@ own.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,13 +103,22 @@ def safe_extract(package: Path, target: Path) -> Path:
                 continue
             destination = target / member.filename
             destination.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(member) as source, open(destination, "wb") as sink:
-                written = 0
-                while chunk := source.read(2**20):
-                    written += len(chunk)
-                    if written > member.file_size:  # a member that lies about its size
-                        raise ExportError(f"{package}: member {member.filename!r} is larger than declared")
-                    sink.write(chunk)
+            # zipfile cuts a member at its declared size (silently, where the CRC fits the cut), so it is
+            # read with room for one more chunk: a member that holds more than it declares is refused.
+            unbounded = copy.copy(member)
+            unbounded.file_size = member.file_size + 2**20 + 1
+            try:
+                with archive.open(unbounded) as source, open(destination, "wb") as sink:
+                    written = 0
+                    while chunk := source.read(2**20):
+                        written += len(chunk)
+                        if written > member.file_size:  # a member that lies about its size
+                            raise ExportError(
+                                f"{package}: member {member.filename!r} is larger than declared"
+                            )
+                        sink.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # a bad CRC, a broken stream
+                raise ExportError(f"{package}: member {member.filename!r} is corrupt ({error})") from None
     return target / rdf_names[0]
 
 

@@ -9,8 +9,8 @@ image through bioimageio.core's tiling, and every refusal (nothing written).
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -128,15 +128,11 @@ def test_rdf_sizes_and_halo_follow_the_model_geometry(segment_run, segment_packa
     np.testing.assert_allclose(test_out.sum(axis=-1), 1.0, atol=1e-5)  # softmax inside the network
 
 
-@pytest.mark.parametrize(
-    ("step", "halo", "border", "min_size"),
-    [(8, 51, 52, 112), (4, 23, 24, 52), (16, 107, 112, 240), (2, 5, 5, 12), (4, 0, 0, 4)],
-)
-def test_halo_is_rounded_so_that_twice_it_is_a_multiple_of_the_step(step, halo, border, min_size):
-    unit = max(step // 2, 1)
-    assert math.ceil(halo / unit) * unit == border
-    geometry = zoo.Geometry(step=step, receptive_field=2 * halo + 1, halo=halo, border=border)
+# U-Nets of several depths and kernel sizes: halos 3 to 107 pixels, one already aligned, most not.
+REAL_UNETS = [(1, 3), (2, 1), (2, 3), (3, 3), (3, 5), (4, 3)]
 
+
+def test_halo_is_rounded_so_that_twice_it_is_a_multiple_of_the_step():
     class FakeRun:
         channels = 1
         declaration = Declaration(
@@ -152,18 +148,24 @@ def test_halo_is_rounded_so_that_twice_it_is_a_multiple_of_the_step(step, halo, 
             validation=[],
         )
 
-    FakeRun.geometry = geometry
-    sizes = describe.tensors(FakeRun)
-    assert (sizes.halo, sizes.min_size) == (border, min_size)
-    assert sizes.min_size % step == 0 and sizes.min_size - 2 * sizes.halo >= 1
-
-
-@pytest.mark.parametrize("depth", [2, 3, 4])
-def test_geometry_border_of_real_unets(depth):
-    geometry = zoo.model_geometry(zoo.build_model("unet", depth=depth, base_filters=4))
-    assert geometry.border >= geometry.halo
-    assert (2 * geometry.border) % geometry.step == 0
-    assert geometry.border - geometry.halo < geometry.step // 2 + 1
+    rounded = 0
+    for depth, kernel_size in REAL_UNETS:
+        model = zoo.build_model("unet", depth=depth, base_filters=2, kernel_size=kernel_size)
+        geometry = zoo.model_geometry(model)
+        step, halo = geometry.step, geometry.halo
+        case = f"depth {depth}, kernel {kernel_size}: {geometry}"
+        assert step == 2**depth and halo >= 1, case
+        # The border is the smallest number of pixels, at least the halo, whose double is a multiple of
+        # the step (found by counting up, not by the formula of the code).
+        assert geometry.border == next(b for b in itertools.count(halo) if 2 * b % step == 0), case
+        rounded += geometry.border > halo
+        # The package declares that border as its halo, and as its smallest input the smallest multiple
+        # of the step that leaves at least one pixel inside the halo on both sides.
+        FakeRun.geometry = geometry
+        sizes = describe.tensors(FakeRun)
+        assert (sizes.step, sizes.halo) == (step, geometry.border), case
+        assert sizes.min_size == next(m for m in itertools.count(step, step) if m - 2 * sizes.halo >= 1), case
+    assert 2 <= rounded < len(REAL_UNETS)  # the control: the rounding changes some halos and not others
 
 
 def test_rdf_meets_every_point_deepimagej_needs(segment_package, denoise_package, tmp_path):

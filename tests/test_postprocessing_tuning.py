@@ -10,7 +10,7 @@ from skimage.draw import disk
 from training.evaluate import POSTPROCESSING_KEYS, tune_postprocessing
 from training.predict import main as predict_main
 from training.segment import main as segment_main
-from training.targets import instance_to_classes
+from training.targets import classes_to_instances, instance_to_classes
 from training.tasks.segment import SegmentConfig
 
 
@@ -75,12 +75,41 @@ def test_segment_run_keeps_its_choice_and_predict_uses_it(tmp_path, tiny_segment
     assert metrics["postprocessing"] == {key: tuned[key] for key in POSTPROCESSING_KEYS}
     assert tuned["chosen_on"] and set(tuned["chosen_on"]).isdisjoint(metrics["images"])
 
-    # Predict follows postprocessing.json: a choice that removes every object gives empty labels.
+    # Predict follows postprocessing.json. Two epochs leave the probabilities unsure, so thresholds are
+    # set from the probabilities of one image, where the configured ones (config.json) give other labels.
     image = next((tiny_segment_data / "images").glob("*.tif"))
-    tuned["min_object_size"] = 10**6
-    (run / "postprocessing.json").write_text(json.dumps(tuned))
+    assert predict_main([str(run), str(image), "--out", str(tmp_path / "first")]) == 0
+    probabilities = np.moveaxis(
+        tifffile.imread(tmp_path / "first" / f"{image.stem}_probabilities.tif"), 0, -1
+    )
+    chosen = {
+        "interior_threshold": float(np.quantile(probabilities[..., 1], 0.9)),
+        "foreground_threshold": float(np.quantile(1.0 - probabilities[..., 0], 0.5)),
+        "min_object_size": 3,
+    }
+    (run / "postprocessing.json").write_text(json.dumps(tuned | chosen))
     assert predict_main([str(run), str(image), "--out", str(tmp_path / "pred")]) == 0
-    assert tifffile.imread(tmp_path / "pred" / f"{image.stem}_labels.tif").max() == 0
+
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "pred" / f"{image.stem}_probabilities.tif"),
+        np.moveaxis(probabilities, -1, 0),
+    )
+    labels = tifffile.imread(tmp_path / "pred" / f"{image.stem}_labels.tif")
+
+    def instances(thresholds: dict) -> np.ndarray:
+        return classes_to_instances(
+            probabilities,
+            interior_threshold=thresholds["interior_threshold"],
+            foreground_threshold=thresholds["foreground_threshold"],
+            min_size=thresholds["min_object_size"],
+        )
+
+    expected = instances(chosen)
+    assert expected.max() >= 2  # the control: the file's thresholds find objects, and each of its values
+    configured = json.loads((run / "config.json").read_text())
+    for key in POSTPROCESSING_KEYS:  # matters: the configured one in its place gives other labels
+        assert not np.array_equal(instances(chosen | {key: configured[key]}), expected), key
+    np.testing.assert_array_equal(labels, expected)
 
 
 def test_no_tuning_leaves_no_file_and_keeps_the_configured_values(tmp_path, tiny_segment_flags):

@@ -7,6 +7,7 @@ import hashlib
 import stat
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import keras
@@ -45,8 +46,9 @@ def test_a_zip_bomb_is_refused_before_anything_is_extracted(tmp_path):
     assert list(target.iterdir()) == []
 
 
-def _patch_declared_size(package: Path, member: str, size: int) -> None:
-    """Rewrite the uncompressed size of `member` in the central directory (a lying header)."""
+def _patch_header(package: Path, member: str, *, size: int | None = None, crc: int | None = None) -> None:
+    """Rewrite the uncompressed size and/or the CRC-32 of `member` in its local header and its central
+    directory entry (a lying header; the compressed data is left as it is)."""
     data = bytearray(package.read_bytes())
     with zipfile.ZipFile(package) as archive:
         info = archive.getinfo(member)
@@ -59,22 +61,44 @@ def _patch_declared_size(package: Path, member: str, size: int) -> None:
         if bytes(data[position + 46 : position + 46 + name_length]) == name:
             break
         position += 4
-    data[position + 24 : position + 28] = struct.pack("<I", size)
-    assert info.file_size != size
+    local = info.header_offset
+    assert data[local : local + 4] == b"PK\x03\x04"
+    for header, crc_at, size_at in ((position, 16, 24), (local, 14, 22)):
+        if size is not None:
+            data[header + size_at : header + size_at + 4] = struct.pack("<I", size)
+        if crc is not None:
+            data[header + crc_at : header + crc_at + 4] = struct.pack("<I", crc)
+    assert size is None or info.file_size != size
     package.write_bytes(bytes(data))
 
 
 def test_a_member_that_declares_a_huge_size_is_refused(tmp_path):
     package = _zip(tmp_path / "huge.zip", {"rdf.yaml": b"type: model\n", "w.bin": b"x" * 1000})
-    _patch_declared_size(package, "w.bin", MAX_TOTAL_BYTES + 1 if MAX_TOTAL_BYTES < 2**32 else 2**32 - 1)
+    _patch_header(package, "w.bin", size=MAX_TOTAL_BYTES + 1 if MAX_TOTAL_BYTES < 2**32 else 2**32 - 1)
     with pytest.raises(ExportError, match="zip bomb"):
         safe_extract(package, tmp_path / "target")
 
 
-def test_a_member_larger_than_it_declares_is_stopped_while_extracting(tmp_path):
-    package = _zip(tmp_path / "liar.zip", {"rdf.yaml": b"type: model\n", "w.bin": b"x" * 5000})
-    _patch_declared_size(package, "w.bin", 10)
-    with pytest.raises((ExportError, zipfile.BadZipFile)):
+@pytest.mark.parametrize("crc_of", ["all its data", "the declared part"])
+def test_a_member_larger_than_it_declares_is_stopped_while_extracting(tmp_path, crc_of):
+    """3 MiB (deflated to a few KiB) that declare 10 bytes. zipfile alone cuts a member at its declared
+    size: with the CRC of the declared part it would extract those 10 bytes without complaint, with the
+    CRC of all the data it would raise its own BadZipFile. The check refuses both with its own error
+    before writing more than was declared."""
+    data = bytes(range(256)) * (3 * 2**12)
+    package = _zip(tmp_path / "liar.zip", {"rdf.yaml": b"type: model\n", "w.bin": data})
+    _patch_header(package, "w.bin", size=10, crc=zlib.crc32(data if crc_of == "all its data" else data[:10]))
+    target = tmp_path / "target"
+    with pytest.raises(ExportError, match=r"member 'w\.bin' is larger than declared"):
+        safe_extract(package, target)
+    assert not (target / "w.bin").exists() or (target / "w.bin").stat().st_size <= 10
+
+
+def test_a_member_whose_data_does_not_match_its_crc_is_refused_with_the_checks_own_error(tmp_path):
+    data = b"weights" * 100
+    package = _zip(tmp_path / "corrupt.zip", {"rdf.yaml": b"type: model\n", "w.bin": data})
+    _patch_header(package, "w.bin", crc=zlib.crc32(data) ^ 1)
+    with pytest.raises(ExportError, match=r"member 'w\.bin' is corrupt \(Bad CRC"):
         safe_extract(package, tmp_path / "target")
 
 
