@@ -79,3 +79,67 @@ def test_a_csv_that_leaves_an_image_out_is_refused(both_layouts: Path) -> None:
 
     with pytest.raises(UserInputError, match="no split given for 1 image"):
         find_pairs(both_layouts)
+
+
+# === The random split: images/ and masks/ with no CSV and no sub-folders ===
+
+
+def _unsplit(folder: Path, n: int) -> Path:
+    """`n` image/mask pairs (img00.tif ...) in images/ and masks/, nothing saying how to split them
+    (`find_pairs` only pairs names; the files are not read)."""
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+        for i in range(n):
+            (folder / sub / f"img{i:02d}.tif").write_bytes(b"II*\0")
+    return folder
+
+
+def _stems(split) -> dict[str, list[str]]:
+    return {name: [image.stem for image, _ in pairs] for name, pairs in split.pairs.items()}
+
+
+@pytest.mark.parametrize(
+    ("n", "val_fraction", "test_fraction", "sizes"),
+    [
+        (20, 0.15, 0.15, (14, 3, 3)),
+        (20, 0.25, 0.1, (13, 5, 2)),
+        (20, 0.1, 0.0, (18, 2, 0)),
+        (40, 0.3, 0.2, (20, 12, 8)),
+        (3, 0.15, 0.15, (1, 1, 1)),  # too few for the fractions: one validation and one test image
+        (2, 0.15, 0.15, (1, 1, 0)),  # the one image not for training validates
+    ],
+)
+def test_the_random_split_follows_the_fractions(tmp_path, n, val_fraction, test_fraction, sizes):
+    split = find_pairs(_unsplit(tmp_path, n), val_fraction=val_fraction, test_fraction=test_fraction, seed=3)
+
+    assert split.source == "random" and split.layout == SEGMENTATION_LAYOUT
+    assert tuple(len(split.pairs[name]) for name in ("train", "val", "test")) == sizes
+    stems = _stems(split)
+    everything = [stem for name in ("train", "val", "test") for stem in stems[name]]
+    # No image in two splits, none left out, each with its own mask; each split sorted by name.
+    assert sorted(everything) == [f"img{i:02d}" for i in range(n)]
+    for pairs in split.pairs.values():
+        assert all(image == tmp_path / "images" / image.name for image, _ in pairs)
+        assert all(mask == tmp_path / "masks" / image.name for image, mask in pairs)
+        assert pairs == sorted(pairs)
+
+
+def test_the_random_split_is_reproducible_from_its_seed(tmp_path):
+    data = _unsplit(tmp_path, 20)
+    by_seed = {seed: _stems(find_pairs(data, seed=seed)) for seed in range(4)}
+
+    assert all(_stems(find_pairs(data, seed=seed)) == stems for seed, stems in by_seed.items())
+    assert len({str(stems) for stems in by_seed.values()}) == 4  # each seed its own split
+    # Not the first or last names by rule: the held-out images are drawn from the whole set.
+    held_out = {stem for stems in by_seed.values() for stem in stems["val"] + stems["test"]}
+    assert len(held_out) > 6
+
+
+def test_a_single_pair_leaves_no_validation_image_and_is_refused(tmp_path):
+    data = _unsplit(tmp_path, 1)
+    with pytest.raises(UserInputError) as caught:
+        find_pairs(data)
+    assert str(caught.value) == (
+        f"{data}: no validation images after the split (random); "
+        "validation drives checkpointing and the learning-rate schedule"
+    )

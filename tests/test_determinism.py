@@ -1,8 +1,12 @@
-"""The same seed and data give the same checkpoint on CPU, bit for bit."""
+"""The same seed and data give the same checkpoint on CPU, bit for bit: two runs in one process, and two
+runs in two processes (whose Python hash seeds differ)."""
 
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -11,6 +15,8 @@ import tifffile
 
 import zoo  # noqa: F401  (registers the custom layers the checkpoints use)
 from training import denoise, segment
+
+REPO = Path(__file__).parents[1]
 
 
 def _weights(path: Path) -> list[np.ndarray]:
@@ -63,3 +69,25 @@ def test_another_seed_gives_other_weights(tiny_segment_flags, tmp_path):
         assert segment.main(argv) == 0
     a, b = _weights(tmp_path / "a" / "last.keras"), _weights(tmp_path / "b" / "last.keras")
     assert any(not np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_two_segmentation_processes_with_one_seed_give_bit_identical_runs(tiny_segment_flags, tmp_path):
+    # Everything a process could carry over between two in-process runs is fresh here: TensorFlow's and
+    # Keras's global state, the tf.data and graph caches, and the Python hash seed (set to differ).
+    for name, hash_seed in (("a", "1"), ("b", "2")):
+        argv = [*tiny_segment_flags, "--out-dir", str(tmp_path), "--run-name", name, "--seed", "5"]
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        process = subprocess.run(
+            [sys.executable, "-m", "training.segment", *argv],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert process.returncode == 0, process.stderr[-3000:]
+    history = _history(tmp_path / "a")
+    assert len(history) == 2
+    assert {"epoch", "learning_rate", "loss", "mean_iou", "val_loss", "val_mean_iou"} <= set(history[0])
+    _assert_identical(tmp_path / "a", tmp_path / "b")
+    assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()

@@ -75,6 +75,8 @@ def new_run_dir(config: TrainingConfig, task: str) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         run_dir.mkdir()
     except FileExistsError:
+        if not out_dir.is_dir():
+            raise UserInputError(f"{out_dir}: not a folder; choose another --out-dir") from None
         raise UserInputError(
             f"{run_dir}: run folder exists already; choose another --run-name or continue it with --resume"
         ) from None
