@@ -71,9 +71,10 @@ class CareConfig(UNetOptions, PairSplitOptions, RestorationOptions, TrainingConf
         "down-sampling and no top-level skip.",
     )
     residual: bool = Field(
-        True,
-        description="Add the input to the network's output, so it learns the correction (CSBDeep's default "
-        "when input and output have the same channels).",
+        False,
+        description="Add the input to the network's output, so it learns the correction (CSBDeep's default). "
+        "Off by default: inputs and targets are normalised each with their own statistics, so the input is "
+        "not the target's baseline, and the residual network validated worse (docs/benchmarks.md).",
     )
     loss: Literal["mae", "mse"] = Field("mae", description="Loss between output and target (CARE: mae).")
 
