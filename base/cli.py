@@ -47,6 +47,8 @@ def _flag_kwargs(annotation: Any, extra: dict) -> dict[str, Any]:
 def _help(field) -> str:
     text = field.description or ""
     default = field.default
+    if field.is_required():
+        return f"{text} (required)"
     if default is None or default == [] or (isinstance(default, bool) and default is False):
         return text
     if isinstance(default, bool):

@@ -97,3 +97,14 @@ def test_run_folder_file_names_are_defined_only_in_base_run_folder():
         if isinstance(node, ast.Constant) and node.value in names
     ]
     assert not defined_again
+
+
+@pytest.mark.parametrize("module", ["training.predict", "training.upgrade", "export.cli", "export.check"])
+def test_other_commands_help_marks_required_options_and_no_placeholders(module, capsys):
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).main(["--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "PydanticUndefined" not in text and "(default: None)" not in text
+    if module == "training.predict":
+        assert "output folder (created if missing) (required)" in text
