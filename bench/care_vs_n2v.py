@@ -2,7 +2,7 @@
 on the same data at an equal budget.
 
     python bench/care_vs_n2v.py [--data ../shared/data/nuclei_dsb2018] [--seed 0] [--quick]
-                                [--care-option=--no-residual ...]
+                                [--care-option=--residual ...] [--n2v-option=... ...]
 
 Data: the 84 images of `nuclei_dsb2018` (2D uint8, split by its `index.csv`: 56 train / 14 val / 14
 test) with Gaussian noise of sigma 25 on the 0-255 scale (float32, one generator seeded with `--seed`, no
