@@ -17,12 +17,15 @@ so a user fixes a folder in one go.
 from __future__ import annotations
 
 import csv
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from base.errors import UserInputError
+from base.run_folder import DATA_DIR, SPLIT_FILE, read_record
+from training.files import write_json
 from training.images import list_images, percentile_normalize, read_image, read_mask
 from training.targets import instance_to_classes
 
@@ -62,7 +65,7 @@ class PairSplit:
     source: str = "random"
 
 
-def split_record(split: PairSplit, data_dir: Path) -> dict:
+def _split_record(split: PairSplit, data_dir: Path) -> dict:
     """split.json: the data folder (where it is now), how the split was made and the pairs of each split."""
     return {
         "data_dir": str(data_dir),
@@ -72,7 +75,7 @@ def split_record(split: PairSplit, data_dir: Path) -> dict:
     }
 
 
-def split_from_record(record: dict) -> PairSplit:
+def _split_from_record(record: dict) -> PairSplit:
     """The split of a run, from its split.json (runs of schema 1 have no layout: images and masks)."""
     data_dir = Path(record["data_dir"])
     inputs, targets = record.get("layout", (SEGMENTATION_LAYOUT.inputs, SEGMENTATION_LAYOUT.targets))
@@ -82,6 +85,20 @@ def split_from_record(record: dict) -> PairSplit:
         folder = data_dir / name if record["source"] == "folders" else data_dir
         split.pairs[name] = [(folder / inputs / a, folder / targets / b) for a, b in record["pairs"][name]]
     return split
+
+
+def keep_split(split: PairSplit, run_dir: Path, *, generated: bool) -> None:
+    """Record a new run's split in its split.json; `generated` data (an embedded demo, made in a scratch
+    folder) moves into the run folder first, so the run can be resumed."""
+    data_dir = split.data_dir
+    if generated:
+        data_dir = Path(shutil.move(data_dir, run_dir / DATA_DIR))
+    write_json(run_dir / SPLIT_FILE, _split_record(split, data_dir.resolve()))
+
+
+def recorded_split(run_dir: Path) -> PairSplit:
+    """The split a run recorded (to resume it)."""
+    return _split_from_record(read_record(run_dir / SPLIT_FILE, "which files were train, val, test"))
 
 
 def _pairs_in(folder: Path, layout: PairLayout) -> list[tuple[Path, Path]]:

@@ -132,7 +132,11 @@ def fit(
         initial_epoch = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // config.steps_per_epoch
         # last.keras is the commit point: cut anything written after it (see training.callbacks).
         history = [row for row in read_history(run_dir / HISTORY_FILE) if row["epoch"] <= initial_epoch]
-        state = read_record(run_dir / STATE_FILE, "") if (run_dir / STATE_FILE).is_file() else {}
+        state = (
+            read_record(run_dir / STATE_FILE, "the schedule's counters")
+            if (run_dir / STATE_FILE).is_file()
+            else {}
+        )
     mode = monitor_mode(config.monitor)
     callbacks: list[keras.callbacks.Callback] = []
     stateful: dict[str, keras.callbacks.Callback] = {}

@@ -9,7 +9,6 @@ come back in the targets' intensities. Inference and quality: `training.restorat
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,12 +19,12 @@ import tifffile
 from pydantic import Field
 
 from base.errors import UserInputError
-from base.run_folder import DATA_DIR, METRICS_FILE, NORMALIZATION_FILE, SPLIT_FILE, read_record
+from base.run_folder import DATA_DIR, METRICS_FILE, NORMALIZATION_FILE, read_record
 from export.declaration import Citation, Declaration, Tensor
 from training import restoration
 from training.callbacks import adam
 from training.config import PairSplitOptions, RestorationOptions, TrainingConfig, UNetOptions
-from training.data import SPLITS, PairLayout, PairSplit, find_pairs, split_from_record, split_record
+from training.data import SPLITS, PairLayout, PairSplit, find_pairs, keep_split, recorded_split
 from training.files import write_json
 from training.images import read_image, read_image_slices
 from training.pipeline import grid_patches, training_dataset
@@ -160,9 +159,7 @@ class CareTask(Task):
 
     def load_data(self, config: CareConfig, *, resume_dir: Path | None, scratch: Path | None) -> PairData:
         if resume_dir is not None:
-            split = split_from_record(
-                read_record(resume_dir / SPLIT_FILE, "which files were train, val, test")
-            )
+            split = recorded_split(resume_dir)
         else:
             data_dir = Path(config.data) if config.data is not None else scratch / DATA_DIR
             if config.data is None:
@@ -207,10 +204,7 @@ class CareTask(Task):
         )
 
     def keep_data(self, data: PairData, run_dir: Path) -> None:
-        data_dir = data.split.data_dir
-        if data.demo:  # the generated pairs stay with the run, so it can be resumed
-            data_dir = Path(shutil.move(data_dir, run_dir / DATA_DIR))
-        write_json(run_dir / SPLIT_FILE, split_record(data.split, data_dir.resolve()))
+        keep_split(data.split, run_dir, generated=data.demo)
         write_json(run_dir / NORMALIZATION_FILE, data.stats)
 
     def build_model(self, config: CareConfig, channels: int) -> keras.Model:

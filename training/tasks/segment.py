@@ -8,7 +8,6 @@ threshold tuning: `training.evaluate`.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,14 +22,13 @@ from base.run_folder import (
     METRICS_FILE,
     POSTPROCESSING_FILE,
     SAMPLE_FILE,
-    SPLIT_FILE,
     read_record,
 )
 from export import processing
 from export.declaration import Citation, Declaration, Tensor
 from training.callbacks import adam
 from training.config import PairSplitOptions, TrainingConfig, UNetOptions
-from training.data import SPLITS, PairSplit, Sample, find_pairs, load_samples, split_from_record, split_record
+from training.data import SPLITS, PairSplit, Sample, find_pairs, keep_split, load_samples, recorded_split
 from training.evaluate import (
     POSTPROCESSING_KEYS,
     evaluate_segmentation,
@@ -158,9 +156,7 @@ class SegmentTask(Task):
         self, config: SegmentConfig, *, resume_dir: Path | None, scratch: Path | None
     ) -> SegmentationData:
         if resume_dir is not None:
-            split = split_from_record(
-                read_record(resume_dir / SPLIT_FILE, "which files were train, val, test")
-            )
+            split = recorded_split(resume_dir)
         elif config.data is None:
             print(f"no --data given: generating {config.synthetic_images} synthetic nuclei images")
             write_synthetic_dataset(scratch / DATA_DIR, n_images=config.synthetic_images, seed=config.seed)
@@ -186,10 +182,7 @@ class SegmentTask(Task):
         )
 
     def keep_data(self, data: SegmentationData, run_dir: Path) -> None:
-        data_dir = data.split.data_dir
-        if data.demo:  # the generated dataset stays with the run, so it can be resumed
-            data_dir = Path(shutil.move(data_dir, run_dir / DATA_DIR))
-        write_json(run_dir / SPLIT_FILE, split_record(data.split, data_dir.resolve()))
+        keep_split(data.split, run_dir, generated=data.demo)
 
     def build_model(self, config: SegmentConfig, channels: int) -> keras.Model:
         model = build_model(
