@@ -19,7 +19,7 @@ import numpy as np
 from base.run_folder import NORMALIZATION_FILE, read_record
 from export import processing
 from export.declaration import Operation
-from training.images import write_tiff_atomic
+from training.images import read_image_slices, write_tiff_atomic
 from training.tiling import Predictor, predict_tta, predict_with_geometry
 from zoo import model_geometry
 
@@ -78,6 +78,19 @@ def restore_image(
     normalized = normalize(image, stats)
     output = predict_tta(predict, normalized) if tta else predict(normalized)
     return denormalize(output, target_stats(stats))
+
+
+def restore_file(path: Path, target: Path, *, run_dir: Path, config, model: keras.Model, runner) -> None:
+    """Restore an image file (a 3D stack slice by slice) with a run's model and normalisation, and write
+    it to `target`; `config` is the run's options (channel axis, tile size, TTA)."""
+    stats = read_normalization(run_dir)
+    restored = np.stack(
+        [
+            restore_image(model, s, stats=stats, tile_size=config.tile_size, tta=config.tta, runner=runner)
+            for s in read_image_slices(path, channel_axis=config.channel_axis)
+        ]
+    )
+    write_restored(target, restored)
 
 
 def image_quality(clean: np.ndarray, image: np.ndarray) -> dict[str, float]:

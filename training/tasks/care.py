@@ -26,7 +26,7 @@ from training.callbacks import adam
 from training.config import PairSplitOptions, RestorationOptions, TrainingConfig, UNetOptions
 from training.data import SPLITS, PairLayout, PairSplit, find_pairs, keep_split, recorded_split
 from training.files import write_json
-from training.images import read_image, read_image_slices
+from training.images import read_image
 from training.pipeline import grid_patches, training_dataset
 from training.task import Task, TaskData, TrainingData, training_lines
 from zoo import build_model
@@ -319,18 +319,7 @@ class CareTask(Task):
     def output_names(self, stem: str) -> list[str]:
         return [f"{stem}_restored.tif"]
 
-    def predict_file(
-        self, path: Path, out_dir: Path, *, run_dir: Path, config: CareConfig, model, runner
-    ) -> None:
-        stats = restoration.read_normalization(run_dir)
-        restored = np.stack(
-            [
-                restoration.restore_image(
-                    model, s, stats=stats, tile_size=config.tile_size, tta=config.tta, runner=runner
-                )
-                for s in read_image_slices(path, channel_axis=config.channel_axis)
-            ]
-        )
+    def predict_file(self, path: Path, out_dir: Path, *, run_dir: Path, config, model, runner) -> None:
         target = out_dir / self.output_names(path.stem)[0]
-        restoration.write_restored(target, restored)
+        restoration.restore_file(path, target, run_dir=run_dir, config=config, model=model, runner=runner)
         print(f"{path.name}: restored -> {target}")

@@ -24,7 +24,6 @@ from training import restoration
 from training.callbacks import PeriodicCheckpoint, adam
 from training.config import RestorationOptions, TrainingConfig, UNetOptions
 from training.files import write_json
-from training.images import read_image_slices
 from training.masking import MaskedLoss, blind_spot_mask
 from training.noisy_images import NoisyImage, check_sizes, embedded_demo, load_noisy_images, split_images
 from training.pipeline import grid_patches, training_dataset
@@ -355,19 +354,7 @@ class DenoiseTask(Task):
     def output_names(self, stem: str) -> list[str]:
         return [f"{stem}_denoised.tif"]
 
-    def predict_file(
-        self, path: Path, out_dir: Path, *, run_dir: Path, config: DenoiseConfig, model, runner
-    ) -> None:
-        stats = restoration.read_normalization(run_dir)
-        slices = read_image_slices(path, channel_axis=config.channel_axis)
-        denoised = np.stack(
-            [
-                restoration.restore_image(
-                    model, s, stats=stats, tile_size=config.tile_size, tta=config.tta, runner=runner
-                )
-                for s in slices
-            ]
-        )
+    def predict_file(self, path: Path, out_dir: Path, *, run_dir: Path, config, model, runner) -> None:
         target = out_dir / self.output_names(path.stem)[0]
-        restoration.write_restored(target, denoised)
+        restoration.restore_file(path, target, run_dir=run_dir, config=config, model=model, runner=runner)
         print(f"{path.name}: denoised -> {target}")
