@@ -1,6 +1,8 @@
 """Training and prediction throughput at the standard sizes, as fractions of this machine's ceiling.
 
-    python bench/throughput.py [--precisions float32 mixed_bfloat16] [--skip-training] [--tile-size 512]
+    python bench/throughput.py [--backends tensorflow jax torch] [--models n2v unet]
+                               [--precisions float32 mixed_bfloat16] [--skip-training] [--skip-prediction]
+                               [--tile-size 512]
 
 1. Ceiling: a 4096 x 4096 matrix product in TensorFlow at each precision (float32; bfloat16 for
    mixed_bfloat16), the most arithmetic this machine delivers per second to a dense kernel.
@@ -8,7 +10,9 @@
    standard sizes, N2V (depth 2, 32 filters, batch 64, 64 x 64 patches) and U-Net (depth 4, 32 filters,
    batch 8, 256 x 256 patches), for a few short epochs; the median step time of the epochs after the
    first (`step_ms` of history.csv, input waits included). Work per step: three forward passes'
-   worth of convolution FLOPs (forward, and the two products of the backward pass; `zoo.flops`).
+   worth of convolution FLOPs (forward, and the two products of the backward pass; `zoo.flops`). Each
+   installed Keras backend (`--backend`) is measured, and each step is also given as a ratio to the
+   fastest backend at the same model and precision in the same run.
 3. Prediction: a 2048 x 2048 image, tiled as `training.predict` does (tiles of at most `--tile-size`
    pixels or 8 halos, batches of 4, the halo mirrored around the image), through Keras in float32 and
    in bfloat16 (`--precision bfloat16`: batch norm folded, as always) and through onnxruntime
@@ -37,6 +41,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from base.backend import BACKENDS, installed  # noqa: E402
 
 STANDARD = {
     "n2v": {"task": "denoise", "depth": 2, "base_filters": 32, "batch": 64, "patch": 64, "steps": 10},
@@ -68,15 +74,15 @@ def _history_step_ms(run_dir: Path) -> float:
     return statistics.median(float(r["step_ms"]) for r in rows[1:])  # the first epoch traces the graph
 
 
-def training_step(name: str, precision: str, scratch: Path) -> dict:
+def training_step(name: str, precision: str, backend: str, scratch: Path) -> dict:
     spec = STANDARD[name]
-    run = f"{name}-{precision}"
+    run = f"{name}-{precision}-{backend}"
     flags = [
         "--out-dir", str(scratch), "--run-name", run, "--no-export",
         "--depth", str(spec["depth"]), "--base-filters", str(spec["base_filters"]),
         "--batch-size", str(spec["batch"]), "--patch-size", str(spec["patch"]),
         "--epochs", "4", "--steps-per-epoch", str(spec["steps"]), "--val-patches", "8",
-        "--precision", precision,
+        "--precision", precision, "--backend", backend,
     ]  # fmt: skip
     if spec["task"] == "segment":
         flags += ["--synthetic-images", "12", "--no-tune-thresholds", "--lr-schedule", "constant"]
@@ -89,7 +95,7 @@ def training_step(name: str, precision: str, scratch: Path) -> dict:
         text=True,
     )
     if result.returncode != 0:
-        raise SystemExit(f"{name} {precision} failed:\n{result.stderr[-2000:]}")
+        raise SystemExit(f"{name} {precision} {backend} failed:\n{result.stderr[-2000:]}")
     step = _history_step_ms(scratch / run) / 1000
     return {"step_s": step, "patches_per_s": spec["batch"] / step}
 
@@ -124,7 +130,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
+    parser.add_argument(
+        "--backends", nargs="+", default=[b for b in BACKENDS if installed(b)], choices=BACKENDS
+    )
+    parser.add_argument("--models", nargs="+", default=list(STANDARD), choices=list(STANDARD))
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--skip-prediction", action="store_true")
     parser.add_argument("--tile-size", type=int, default=512, help="prediction tiles (default: 512)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -152,25 +163,37 @@ def main() -> None:
         for name, s in STANDARD.items()
     }
     lines = [
-        "| model | precision | step (s) | patches/s | GFLOP/s | of ceiling |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | backend | precision | step (s) | patches/s | GFLOP/s | of ceiling | x fastest |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     if not args.skip_training:
         with tempfile.TemporaryDirectory() as scratch:
-            for name, spec in STANDARD.items():
+            for name in args.models:
+                spec = STANDARD[name]
                 for precision in args.precisions:
-                    measured = training_step(name, precision, Path(scratch))
-                    achieved = 3 * flops[name] * spec["batch"] / measured["step_s"] / 1e9
-                    measured |= {
-                        "gflops": achieved,
-                        "fraction_of_ceiling": achieved / result["ceiling_gflops"][precision],
-                    }
-                    result["training"][f"{name}/{precision}"] = measured
-                    lines.append(
-                        f"| {name} (batch {spec['batch']}, {spec['patch']}^2) | {precision} | "
-                        f"{measured['step_s']:.3f} | {measured['patches_per_s']:.1f} | {achieved:.1f} | "
-                        f"{measured['fraction_of_ceiling']:.1%} |"
-                    )
+                    steps = {}
+                    for backend in args.backends:
+                        measured = training_step(name, precision, backend, Path(scratch))
+                        achieved = 3 * flops[name] * spec["batch"] / measured["step_s"] / 1e9
+                        measured |= {
+                            "gflops": achieved,
+                            "fraction_of_ceiling": achieved / result["ceiling_gflops"][precision],
+                        }
+                        steps[backend] = measured
+                    fastest = min(m["step_s"] for m in steps.values())
+                    for backend, measured in steps.items():
+                        measured["times_fastest"] = measured["step_s"] / fastest
+                        result["training"][f"{name}/{backend}/{precision}"] = measured
+                        lines.append(
+                            f"| {name} (batch {spec['batch']}, {spec['patch']}^2) | {backend} | "
+                            f"{precision} | "
+                            f"{measured['step_s']:.3f} | {measured['patches_per_s']:.1f} | "
+                            f"{measured['gflops']:.1f} | {measured['fraction_of_ceiling']:.1%} | "
+                            f"{measured['times_fastest']:.2f} |"
+                        )
+    if args.skip_prediction:
+        _report(result, lines)
+        return
     lines += ["", "| model | engine | 2048^2 (s) | megapixels/s | GFLOP/s | of its precision's ceiling |"]
     lines += ["| --- | --- | --- | --- | --- | --- |"]
     for name, spec in STANDARD.items():
@@ -193,6 +216,10 @@ def main() -> None:
                 f"| {name} | {engine} {precision} | {seconds:.2f} | {PREDICT_SIDE**2 / 1e6 / seconds:.2f} | "
                 f"{achieved:.1f} | {achieved / ceiling_gflops:.1%} |"
             )
+    _report(result, lines)
+
+
+def _report(result: dict, lines: list[str]) -> None:
     print(
         "ceiling (4096^2 matmul): "
         + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in result["ceiling_gflops"].items())

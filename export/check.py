@@ -28,14 +28,16 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from base.backend import set_default_backend
+
+set_default_backend()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np  # noqa: E402 (after the backend default)
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402 (after the backend default)
 
-from base.cli import simple_command
-from export.errors import ExportError, FailedChecks
+from base.cli import simple_command  # noqa: E402 (after the backend default)
+from export.errors import ExportError, FailedChecks  # noqa: E402 (after the backend default)
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 JDLL_OPERATIONS = {
@@ -289,7 +291,7 @@ def parity_checks(folder: Path, descr, weights: dict) -> list[Check]:
     for name, run in runners.items():
         worst = 0.0
         for x in (centred, odd):
-            expected = np.asarray(model(x, training=False))
+            expected = keras.ops.convert_to_numpy(model.predict_on_batch(x))
             got = run(x)
             if got.shape != expected.shape:
                 worst = float("inf")

@@ -20,7 +20,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pydantic
-import tensorflow as tf
 
 from export import describe
 from export.describe import Metadata, Tensors
@@ -167,7 +166,7 @@ def _model_descr(run: Run, staging: Path, metadata: Metadata, sizes: Tensors, *,
             keras_v3=v0_5.KerasV3WeightsDescr(
                 source="weights.keras",
                 keras_version=v0_5.Version(keras.__version__),
-                backend=("tensorflow", v0_5.Version(tf.__version__)),
+                backend=(keras.backend.backend(), v0_5.Version(_backend_version())),
             ),
             onnx=v0_5.OnnxWeightsDescr(source="weights.onnx", opset_version=ONNX_OPSET, parent="keras_v3"),
             torchscript=(
@@ -238,9 +237,17 @@ def zip_folder(folder: Path, target: Path) -> None:
             archive.write(folder / name, arcname=name)
 
 
+def _backend_version() -> str:
+    """The version of the framework of this process's Keras backend (which wrote weights.keras)."""
+    from importlib.metadata import version
+
+    return version(keras.backend.backend()).split("+")[0]
+
+
 def run_checks(package: Path) -> tuple[bool, str]:
-    """Run `python -m export check` on `package` in a fresh process; (passed, its report)."""
-    env = os.environ | {"KERAS_BACKEND": "tensorflow"}
+    """Run `python -m export check` on `package` in a fresh process, on the Keras backend of this one;
+    (passed, its report)."""
+    env = os.environ | {"KERAS_BACKEND": keras.backend.backend()}
     result = subprocess.run(
         [sys.executable, "-m", "export", "check", str(package)], env=env, capture_output=True, text=True
     )

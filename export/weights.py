@@ -1,6 +1,7 @@
 """The package's weights: the `.keras` file, ONNX for deepImageJ and any ONNX runtime, and TorchScript for
 ilastik (which runs PyTorch weights only). All three come from the portable float32 model
-(`export.portable`), so each runs without this project installed.
+(`export.portable`), so each runs without this project installed. ONNX and TorchScript are converted in
+child processes under the backend their converter needs, so a run of any backend exports.
 """
 
 from __future__ import annotations
@@ -23,21 +24,35 @@ ONNX_OPSET = 15
 ONNX_DYNAMIC_AXES = ("batch", "y", "x")
 
 
-def write_onnx(model: keras.Model, path: Path, *, input_id: str, output_id: str) -> None:
-    """Export `model` to ONNX with dynamic batch, height and width, its input and output named after the
-    rdf tensor ids."""
-    import onnx
-    import tensorflow as tf
+def onnx_converter() -> str:
+    """The backend that converts to ONNX: TensorFlow (tf2onnx, the converter of every package so far)
+    where it is installed, else PyTorch (`torch.onnx`)."""
+    from importlib.util import find_spec
 
-    channels = int(model.input_shape[-1])
+    for backend in ("tensorflow", "torch"):
+        if find_spec(backend) is not None:
+            return backend
+    raise ExportError(
+        "converting to ONNX needs TensorFlow or PyTorch; pip install 'bioimage-keras-zoo[torch]'"
+    )
+
+
+def write_onnx(
+    model: keras.Model, path: Path, *, input_id: str, output_id: str, converter: str | None = None
+) -> None:
+    """Export `model` to ONNX with dynamic batch, height and width, its input and output named after the
+    rdf tensor ids. The conversion runs in a child process under the `converter` backend (default:
+    `onnx_converter()`), whatever backend this process runs."""
+    import onnx
+
+    converter = converter or onnx_converter()
     with tempfile.TemporaryDirectory() as scratch:
-        raw = Path(scratch) / "model.onnx"
-        model.export(
-            str(raw),
-            format="onnx",
-            input_signature=[tf.TensorSpec((None, None, None, channels), tf.float32, name=input_id)],
-            opset_version=ONNX_OPSET,
-            verbose=False,
+        keras_file, raw = Path(scratch) / "model.keras", Path(scratch) / "model.onnx"
+        model.save(keras_file)
+        _run_child(
+            ["export.to_onnx", str(keras_file), str(raw), input_id],
+            backend=converter,
+            failure=f"{path.name}: ONNX conversion under {converter} failed",
         )
         proto = onnx.load(str(raw))
     graph = proto.graph
@@ -69,13 +84,19 @@ def write_torchscript(keras_file: Path, path: Path) -> None:
 
     The backend is chosen when Keras is imported, so the tracing runs in a child process.
     """
-    env = os.environ | {"KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [sys.executable, "-m", "export.torchscript", str(keras_file), str(path)],
-        env=env,
-        capture_output=True,
-        text=True,
+    _run_child(
+        ["export.torchscript", str(keras_file), str(path)],
+        backend="torch",
+        failure=f"{keras_file}: TorchScript tracing failed",
     )
+
+
+def _run_child(arguments: list[str], *, backend: str, failure: str) -> None:
+    """`python -m ARGUMENTS...` under Keras backend `backend`, on the CPU (a package's weights are
+    written from CPU computations, the same on every machine); an `ExportError` ending in the child's
+    last line if it fails."""
+    env = os.environ | {"KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, "-m", *arguments], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        raise ExportError(f"{keras_file}: TorchScript tracing failed ({last})")
+        raise ExportError(f"{failure} ({last})")

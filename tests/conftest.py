@@ -6,13 +6,23 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 
-import keras
-import numpy as np
-import pytest
+from base.backend import set_default_backend
 
-import zoo
+set_default_backend()  # before Keras is imported: KERAS_BACKEND if set, else the installed default
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import zoo  # noqa: E402
 
 DATA_DIR = Path(__file__).parents[1].parent / "shared" / "data"
+
+# Tests of TensorFlow's own API (its strategies, fused kernel, profiler, gradient tape): skipped where the
+# suite runs on another backend (`KERAS_BACKEND=jax` or `torch`, as CI does for the fast tests).
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TensorFlow's own API; this run is on another backend"
+)
 
 # Small enough that a model builds and predicts in a fraction of a second on two CPU cores.
 TINY_ARGUMENTS = {"depth": 2, "base_filters": 4}

@@ -1,4 +1,5 @@
-"""`training.device`: the precision policy (`set_precision`) and the distribution strategy (`make_strategy`).
+"""`training.device` on TensorFlow: the precision policy (`set_precision`) and the distribution strategy
+(`make_devices`). JAX and PyTorch: tests/test_backends.py.
 
 The GPU branches run on any machine: the devices TensorFlow lists are replaced by fakes, and so is
 `tf.distribute.MirroredStrategy` where fake devices would reach it (it records the devices it was given).
@@ -9,10 +10,20 @@ from __future__ import annotations
 
 import keras
 import pytest
+
+if keras.backend.backend() != "tensorflow":
+    pytest.skip(
+        "TensorFlow's devices and strategies (this run is on another backend)", allow_module_level=True
+    )
+
 import tensorflow as tf
 
 from base.errors import UserInputError
-from training.device import make_strategy, set_precision
+from training.device import make_devices, set_precision
+
+
+def make_strategy(distribute: str, *, batch_size: int):
+    return make_devices(distribute, batch_size=batch_size).strategy
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +58,9 @@ class _RecordingMirrored:
     def __init__(self, devices):
         self.devices = list(devices)
         self.num_replicas_in_sync = len(self.devices)
+
+    def scope(self):
+        raise AssertionError("not used by these tests")
 
 
 @pytest.fixture

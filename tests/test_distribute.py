@@ -19,9 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tensorflow_only
 
 from base.errors import UserInputError
 from training.multiworker import ClusterTask, cluster_task
+
+pytestmark = tensorflow_only
 
 # Runs `training.segment.main` on each argument list given as JSON, with the CPU split in two; exits with
 # the first non-zero exit status.
@@ -83,8 +86,8 @@ def test_mirrored_run_trains_on_two_replicas_and_completes(
 ) -> None:
     process, out_dir = mirrored_and_single
     assert process.returncode == 0, process.stderr[-3000:]
-    assert "; 2 replica(s)" in process.stdout
-    assert "; 1 replica(s)" in process.stdout  # the --distribute none run beside it
+    assert ", 2 replica(s)" in process.stdout
+    assert ", 1 replica(s)" in process.stdout  # the --distribute none run beside it
     assert (out_dir / "mirrored" / "metrics.json").is_file()
 
 
@@ -182,7 +185,7 @@ def test_two_workers_follow_the_single_device_loss_curve_and_only_the_chief_writ
 
     for process in (chief, worker, single):
         assert process.returncode == 0, process.stderr[-3000:]
-    assert "; 2 replica(s)" in chief.stdout and "; 2 replica(s)" in worker.stdout
+    assert ", 2 replica(s)" in chief.stdout and ", 2 replica(s)" in worker.stdout
     _assert_same_curves(tmp_path / "workers", tmp_path / "single")
     assert (tmp_path / "workers" / "metrics.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["single", "workers"]

@@ -251,7 +251,8 @@ def _odd_shapes(step: int) -> list[tuple[int, int, int]]:
     ],
     ids=["unet-batchnorm", "n2v2-blurpool-per-channel"],
 )
-def test_onnx_and_torchscript_equal_keras_on_odd_sizes(name, options, tmp_path):
+@pytest.mark.parametrize("converter", ["tensorflow", "torch"])
+def test_onnx_and_torchscript_equal_keras_on_odd_sizes(name, options, converter, tmp_path):
     import onnxruntime
     import torch
 
@@ -263,7 +264,7 @@ def test_onnx_and_torchscript_equal_keras_on_odd_sizes(name, options, tmp_path):
                 [w + rng.uniform(0.1, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()]
             )
     portable = portable_model(model)
-    write_onnx(portable, tmp_path / "m.onnx", input_id="raw", output_id="out")
+    write_onnx(portable, tmp_path / "m.onnx", input_id="raw", output_id="out", converter=converter)
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     portable.save(tmp_path / "m.keras")
     write_torchscript(tmp_path / "m.keras", tmp_path / "m.pt")
@@ -271,8 +272,8 @@ def test_onnx_and_torchscript_equal_keras_on_odd_sizes(name, options, tmp_path):
     step = zoo.model_geometry(model).step
     for batch, height, width in _odd_shapes(step):
         x = rng.normal(size=(batch, height, width, 2)).astype(np.float32)
-        expected = np.asarray(model(x, training=False))
-        np.testing.assert_array_equal(np.asarray(portable(x, training=False)), expected)
+        expected = keras.ops.convert_to_numpy(model(x, training=False))
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(portable(x, training=False)), expected)
         np.testing.assert_allclose(session.run(None, {"raw": x})[0], expected, atol=1e-4)
         with torch.no_grad():
             np.testing.assert_allclose(traced(torch.from_numpy(x)).numpy(), expected, atol=1e-4)
@@ -316,10 +317,30 @@ def test_onnx_runs_on_onnxruntime_1_13_1_and_reproduces_the_test_output(
         assert info["version"] == "1.13.1"
         assert info["inputs"] == [inp["id"]] and info["outputs"] == [out["id"]]
         network = np.fromfile(tmp_path / "out.f32", "<f4").reshape(info["dims"])
-        np.testing.assert_allclose(network, np.asarray(model(normalized)), atol=1e-4)
+        np.testing.assert_allclose(network, keras.ops.convert_to_numpy(model(normalized)), atol=1e-4)
         final = apply(ops(out.get("postprocessing", [])), network)
         expected = np.load(folder / out["test_tensor"]["source"])
         np.testing.assert_allclose(final, expected, atol=1e-4 * max(1.0, float(np.abs(expected).max())))
+
+
+@pytest.mark.skipif(
+    not (ORT113 / "node_modules" / "onnxruntime-node").is_dir() or shutil.which("node") is None,
+    reason="onnxruntime-node 1.13.1 not installed (npm ci --prefix tests/ort113) or no node",
+)
+def test_onnx_converted_under_pytorch_runs_on_onnxruntime_1_13_1(tmp_path):
+    model = portable_model(zoo.build_model("unet", depth=2, base_filters=4, input_channels=1))
+    write_onnx(model, tmp_path / "m.onnx", input_id="raw", output_id="out", converter="torch")
+    x = np.random.default_rng(0).normal(size=(1, 36, 44, 1)).astype("<f4")
+    x.tofile(tmp_path / "in.f32")
+    result = subprocess.run(
+        ["node", str(ORT113 / "run.js"), str(tmp_path / "m.onnx"), str(tmp_path / "in.f32"),
+         json.dumps(list(x.shape)), "raw", str(tmp_path / "out.f32")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    info = json.loads(result.stdout)
+    assert info["version"] == "1.13.1" and info["inputs"] == ["raw"] and info["outputs"] == ["out"]
+    network = np.fromfile(tmp_path / "out.f32", "<f4").reshape(info["dims"])
+    np.testing.assert_allclose(network, keras.ops.convert_to_numpy(model(x, training=False)), atol=1e-4)
 
 
 def test_torchscript_weights_pass_bioimageio_test_model(denoise_package):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import pytest
 import tensorflow as tf
+from conftest import tensorflow_only
 
 import zoo
 from zoo.flops import conv_flops
@@ -31,6 +32,7 @@ def test_hand_counted_layers():
     assert conv_flops(model, 8, 8) == 2 * 64 * 9 * 2 * 4 + 2 * 16 * 4 * 3 + 2 * 16 * 4 * 3 * 5
 
 
+@tensorflow_only
 @pytest.mark.parametrize(
     ("name", "options", "side"),
     [("n2v", {"depth": 2, "base_filters": 32}, 64), ("unet", {"depth": 4, "base_filters": 32}, 256)],

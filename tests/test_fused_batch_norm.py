@@ -4,8 +4,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tensorflow_only
 
 from zoo.layers import FusedBatchNormalization
+
+pytestmark = tensorflow_only
 
 
 def _pair(channels: int = 5, momentum: float = 0.9):

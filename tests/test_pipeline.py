@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
+import time
+
 import numpy as np
 import pytest
 
-from training.pipeline import grid_patches, training_dataset
+from training.pipeline import grid_patches, prefetched, process_share, training_batches
 
 
 def coded_image(height: int, width: int, offset: int = 0) -> np.ndarray:
@@ -14,13 +18,16 @@ def coded_image(height: int, width: int, offset: int = 0) -> np.ndarray:
     return (offset + 1000 * yy + xx).astype(np.float32)[..., np.newaxis]
 
 
-def take(dataset, batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(images.numpy(), targets.numpy()) for images, targets in dataset.take(batches)]
+def take(batches, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The first `count` batches of a generator, which is then closed."""
+    taken = list(itertools.islice(batches, count))
+    batches.close()
+    return taken
 
 
 def dataset(images, targets, **overrides):
     arguments = {"patch_size": 16, "batch_size": 2, "seed": 7, "first_epoch": 0, "steps_per_epoch": 3}
-    return training_dataset(images, targets, **(arguments | overrides))
+    return training_batches(images, targets, **(arguments | overrides))
 
 
 @pytest.fixture
@@ -31,7 +38,7 @@ def random_images() -> tuple[list[np.ndarray], list[np.ndarray]]:
     return images, [(image > 0.5).astype(np.uint8) for image in images]
 
 
-# === training_dataset ===
+# === training_batches ===
 
 
 def test_batches_have_the_patch_shape_and_the_input_dtypes():
@@ -110,6 +117,70 @@ def test_images_are_drawn_in_proportion_to_their_area():
     batches = take(dataset(images, targets, batch_size=50, steps_per_epoch=4), 4)
     from_first = np.concatenate([image_batch[:, 0, 0, 0] == 0 for image_batch, _ in batches])
     assert from_first.mean() == pytest.approx(0.8, abs=0.08)
+
+
+def test_transform_gets_each_batch_with_its_global_step(random_images):
+    steps = []
+
+    def transform(images, targets, step):
+        steps.append(step)
+        return images + step, targets
+
+    plain = take(dataset(*random_images, first_epoch=2), 4)
+    transformed = take(dataset(*random_images, first_epoch=2, transform=transform), 4)
+    assert steps[:4] == [6, 7, 8, 9]  # epoch 2 of 3 steps starts at step 6
+    for (image, _), (changed, _), step in zip(plain, transformed, steps, strict=False):
+        np.testing.assert_array_equal(changed, image + step)
+
+
+# === prefetched ===
+
+
+def test_prefetched_keeps_order_and_raises_the_source_error():
+    def source():
+        yield from range(5)
+        raise RuntimeError("broken file")
+
+    items = prefetched(source(), depth=2)
+    assert [next(items) for _ in range(5)] == list(range(5))
+    with pytest.raises(RuntimeError, match="broken file"):
+        next(items)
+
+
+def test_closing_prefetched_stops_its_thread():
+    items = prefetched(itertools.count(), depth=2)
+    assert next(items) == 0
+    items.close()
+    deadline = time.monotonic() + 5
+    while any(t.name == "training-batches" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "training-batches" for t in threading.enumerate())
+
+
+# === process_share ===
+
+
+def test_the_shares_of_two_processes_make_up_each_global_batch(random_images):
+    batches = dataset(*random_images, batch_size=4)
+    shares = [process_share(batches, (index, 2)) for index in (0, 1)]
+    whole = take(dataset(*random_images, batch_size=4), 3)
+    parts = [list(itertools.islice(iter(share), 3)) for share in shares]
+    batches.close()
+    for (image, target), (image_0, target_0), (image_1, target_1) in zip(whole, *parts, strict=True):
+        assert image_0.shape[0] == image_1.shape[0] == 2
+        np.testing.assert_array_equal(
+            np.sort(np.concatenate([image_0, image_1]), axis=0), np.sort(image, axis=0)
+        )
+        np.testing.assert_array_equal(target_0, target[0::2])
+        np.testing.assert_array_equal(target_1, target[1::2])
+
+
+def test_validation_arrays_are_cut_to_equal_shares():
+    images, targets = np.arange(7)[:, None], np.arange(7)[:, None] * 10
+    first, second = (process_share((images, targets), (index, 2)) for index in (0, 1))
+    assert first[0].ravel().tolist() == [0, 2, 4] and second[0].ravel().tolist() == [1, 3, 5]
+    assert first[1].ravel().tolist() == [0, 20, 40]
+    assert process_share((images, targets), (0, 1)) == (images, targets)
 
 
 # === grid_patches ===

@@ -89,8 +89,10 @@ def test_denoising_a_folder_writes_float32_tiffs_of_the_input_shapes(
         assert denoised.shape == image.shape, name
         assert denoised.dtype == np.float32, name
         assert np.isfinite(denoised).all(), name
-        # In the input's intensities (the normalisation is undone), not in normalised units.
-        assert abs(denoised.mean() - image.mean()) < image.std(), name
+        # In the input's intensities (the normalisation is undone), not in normalised units (a spread of
+        # about 1). How close to the input depends on the tiny training (and its backend's random
+        # initial weights); the exact values are checked against a hand computation below.
+        assert denoised.std() > 0.1 * image.std(), name
 
 
 def test_denoising_the_training_image_reproduces_the_output_of_the_training_run(

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tensorflow_only
 
 import zoo
 from zoo.layers import MaxBlurPool2D
@@ -153,6 +154,7 @@ def measured_offsets(model: keras.Model, geometry: zoo.Geometry) -> np.ndarray:
     return np.concatenate([ys - centre - phases[index], xs - centre - phases[index]])
 
 
+@tensorflow_only
 @pytest.mark.parametrize(
     ("depth", "upsampling", "downsampling"),
     [

@@ -31,7 +31,7 @@ def random_images(model: keras.Model, height: int, width: int, batch: int = 2) -
 
 def predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
     # An eager call: for a tiny model it is faster than tracing `predict`.
-    return np.asarray(model(images, training=False))
+    return keras.ops.convert_to_numpy(model(images, training=False))
 
 
 def layers_of(model: keras.Model, kind: type) -> list[keras.layers.Layer]:
@@ -132,7 +132,7 @@ def test_unet_dropout_is_added_per_block_and_inactive_at_inference(tiny_model):
     images = random_images(model, 32, 32)
     inference = predict(model, images)
     np.testing.assert_array_equal(predict(model, images), inference)
-    assert not np.allclose(np.asarray(model(images, training=True)), inference)
+    assert not np.allclose(keras.ops.convert_to_numpy(model(images, training=True)), inference)
 
 
 def test_unet_nearest_upsampling_replaces_transposed_convolutions(tiny_model):

@@ -2,6 +2,8 @@
 
 import os
 
-# Set before TensorFlow is first imported; defaults only, a user's own setting wins.
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from base.backend import set_default_backend
+
+# Defaults only, before Keras is imported: a user's own KERAS_BACKEND wins.
+set_default_backend()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -17,8 +17,11 @@ from base.cli import build_options
 from base.run_folder import SCHEMA_VERSION
 
 # Options that may change when a run is resumed: they extend or stop the run, or choose the devices that
-# share its global batch, not change what it learns.
-RESUMABLE_OVERRIDES = frozenset({"epochs", "early_stopping_patience", "out_dir", "export", "distribute"})
+# share its global batch and the backend that runs them (checkpoints are the same on every backend), not
+# change what it learns.
+RESUMABLE_OVERRIDES = frozenset(
+    {"epochs", "early_stopping_patience", "out_dir", "export", "distribute", "backend"}
+)
 
 
 class TrainingConfig(BaseModel):
@@ -41,7 +44,12 @@ class TrainingConfig(BaseModel):
     )
     deterministic: bool = Field(
         True,
-        description="Make TensorFlow ops deterministic: the same seed gives the same run (slower on GPU).",
+        description="Make the backend's ops deterministic: the same seed gives the same run (slower on GPU).",
+    )
+    backend: Literal["auto", "tensorflow", "jax", "torch"] = Field(
+        "auto",
+        description="Keras backend that trains: auto keeps KERAS_BACKEND if set, else takes the installed "
+        "backend measured fastest for this machine's device (see README); the run records the one used.",
     )
 
     patch_size: int = Field(
@@ -94,9 +102,10 @@ class TrainingConfig(BaseModel):
     )
     distribute: Literal["auto", "none", "mirrored", "multiworker"] = Field(
         "auto",
-        description="auto: MirroredStrategy over all GPUs when there are several; "
-        "mirrored: MirroredStrategy over all GPUs, or all logical CPUs when there is no GPU; "
-        "multiworker: MultiWorkerMirroredStrategy over the machines named by TF_CONFIG (see README).",
+        description="auto: data parallel over all GPUs when there are several; mirrored: data parallel "
+        "over all GPUs, or all CPU devices when there is none (TensorFlow's MirroredStrategy, JAX's "
+        "DataParallel); multiworker: over several machines (TensorFlow: TF_CONFIG; JAX: "
+        "keras.distribution.initialize; see README). PyTorch: one device only.",
     )
 
     export: bool = Field(

@@ -11,8 +11,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 
+from base.backend import select_backend
 from base.errors import UserInputError
 from base.run_folder import (
     CONFIG_FILE,
@@ -24,17 +24,29 @@ from base.run_folder import (
     checkpoint_file,
 )
 from training.config import TrainingConfig
-from training.device import make_strategy, set_precision
+from training.device import (
+    join_processes,
+    make_deterministic,
+    make_devices,
+    set_precision,
+    set_random_seed,
+)
 from training.engines import inference_model
 from training.files import write_json
-from training.multiworker import cluster_task, is_chief
+from training.multiworker import is_chief
+from training.pipeline import process_share
 from training.runs import fit, new_run_dir, removed_unless_resumable, write_sample
 from training.task import Task, TaskData
 
 
 def train(task: Task, config: TrainingConfig, *, resume_dir: Path | None = None) -> Path:
     """Train, evaluate and return the run folder; with `resume_dir`, continue that run (whose config
-    `config` is, see `training.runs.resumed_config`). Exports the package at the end if `config.export`."""
+    `config` is, see `training.runs.resumed_config`). Exports the package at the end if `config.export`.
+
+    Runs on the Keras backend of this process, which must be the one `config.backend` names (or any, for
+    `auto`); config.json records the backend a run started on, metrics.json the one that finished it."""
+    config = config.model_copy(update={"backend": select_backend(config.backend)})
+    join_processes(config.distribute)
     if not is_chief(config.distribute):
         _train_as_worker(task, config, resume_dir)
         return resume_dir or Path(config.out_dir)
@@ -45,9 +57,9 @@ def train(task: Task, config: TrainingConfig, *, resume_dir: Path | None = None)
 
 
 def _train(task: Task, config: TrainingConfig, resume_dir: Path | None) -> Path:
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+        make_deterministic()
     # Generated data (an embedded demo) is made in a scratch folder, then kept in the run folder.
     with nullcontext() if resume_dir is not None else tempfile.TemporaryDirectory(prefix="bkz-") as scratch:
         data = task.load_data(config, resume_dir=resume_dir, scratch=scratch and Path(scratch))
@@ -64,33 +76,41 @@ def _fit_and_evaluate(
     task: Task, config: TrainingConfig, data: TaskData, run_dir: Path, *, resume: bool
 ) -> None:
     precision = set_precision(config.precision)
-    strategy = make_strategy(config.distribute, batch_size=config.batch_size)
+    devices = make_devices(config.distribute, batch_size=config.batch_size)
     print(f"run folder: {run_dir}")
-    print(f"{data.summary}; precision {precision}; {strategy.num_replicas_in_sync} replica(s)")
-    with strategy.scope():
-        model = (
-            keras.models.load_model(run_dir / LAST_CHECKPOINT)
-            if resume
-            else task.build_model(config, data.channels)
-        )
-    first_epoch = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // config.steps_per_epoch
-    batches = task.training_data(config, data, run_dir, first_epoch=first_epoch)
-    fit(
-        model,
-        batches.train,
-        batches.val,
-        config=config,
-        run_dir=run_dir,
-        resume=resume,
-        extra_callbacks=batches.callbacks,
+    print(
+        f"{data.summary}; backend {keras.backend.backend()}, precision {precision}, "
+        f"{devices.replicas} replica(s)"
     )
+    with devices.training_scope():
+        with devices.model_scope():
+            model = (
+                keras.models.load_model(run_dir / LAST_CHECKPOINT)
+                if resume
+                else task.build_model(config, data.channels)
+            )
+        first_epoch = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // config.steps_per_epoch
+        batches = task.training_data(config, data, run_dir, first_epoch=first_epoch)
+        try:
+            fit(
+                model,
+                process_share(batches.train, devices.process_share),
+                process_share(batches.val, devices.process_share),
+                config=config,
+                run_dir=run_dir,
+                resume=resume,
+                extra_callbacks=batches.callbacks,
+                processes=devices.process_share[1],
+            )
+        finally:
+            batches.train.close()  # stops the thread that prepares batches
     if not is_chief(config.distribute):
         return  # the chief evaluates
 
     checkpoint = checkpoint_file(run_dir, task.results_checkpoint)
     model = keras.models.load_model(checkpoint, compile=False)
     # Evaluated as packages and `training.predict` compute: in float32, batch norm folded.
-    metrics = {"checkpoint": checkpoint.name}
+    metrics = {"checkpoint": checkpoint.name, "backend": keras.backend.backend()}
     metrics |= task.evaluate(config, data, run_dir, model, inference_model(model))
     write_json(run_dir / METRICS_FILE, metrics)
     write_sample(run_dir, task.sample(data))
@@ -111,7 +131,7 @@ def _train_as_worker(task: Task, config: TrainingConfig, resume_dir: Path | None
     run folder, which every task must be able to read (a shared file system)."""
     with tempfile.TemporaryDirectory(prefix="worker-") as scratch:
         config = config.model_copy(update={"out_dir": scratch, "export": False})
-        print(f"multi-worker task {cluster_task().index}: training beside the chief in {scratch}")
+        print(f"multi-worker task: training beside the chief in {scratch}")
         if resume_dir is None:
             _train(task, config, None)
             return

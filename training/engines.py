@@ -21,31 +21,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from export.folding import folded_model
+
 ENGINES = ("keras", "onnx")
 PRECISIONS = ("float32", "bfloat16")
 # Mixed-precision policy of each prediction precision: weights stay float32, layers compute in it.
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
-
-
-def _folded_convolutions(model: keras.Model) -> dict[str, str]:
-    """{batch-norm layer name: convolution layer name} for every batch normalisation (over the last axis)
-    whose only input is a linear Conv2D that feeds nothing else: those pairs can be folded."""
-    pairs = {}
-    for layer in model.layers:
-        if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
-            continue
-        if layer.axis not in (-1, len(layer.input.shape) - 1):
-            continue
-        parents = layer._inbound_nodes[0].parent_nodes
-        conv = parents[0].operation if len(parents) == 1 else None
-        if (
-            type(conv) is keras.layers.Conv2D
-            and len(conv._inbound_nodes) == 1
-            and len(conv._outbound_nodes) == 1
-            and conv.activation is keras.activations.linear
-        ):
-            pairs[layer.name] = conv.name
-    return pairs
 
 
 def _full_precision_layers(model: keras.Model) -> set[str]:
@@ -65,51 +46,19 @@ def inference_model(model: keras.Model, precision: str = "float32") -> keras.Mod
     """A copy of a trained functional `model` for prediction only, giving float32 outputs.
 
     Built from `export.portable.portable_model` (Keras's own layers), with every batch normalisation that
-    follows a convolution folded into that convolution's kernel and bias (and left out),
-    and every layer computing in `precision` (see `PRECISIONS`) except those of `_full_precision_layers`.
-    In float32 the outputs equal the model's up to rounding.
+    follows a convolution folded into that convolution's kernel and bias (and left out;
+    `export.folding`), and every layer computing in `precision` (see `PRECISIONS`) except those of
+    `_full_precision_layers`. In float32 the outputs equal the model's up to rounding.
     """
     from export.portable import portable_model
 
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
     source = portable_model(model)
-    folded = _folded_convolutions(source)
-    norm_of = {conv: norm for norm, conv in folded.items()}
     full_precision = _full_precision_layers(source)
-
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        config = layer.get_config()
-        config["dtype"] = "float32" if layer.name in full_precision else _POLICIES[precision]
-        if layer.name in norm_of:
-            config["use_bias"] = True
-        return layer.__class__.from_config(config)
-
-    def call(layer: keras.layers.Layer, *args, **kwargs):
-        return args[0] if layer.name in folded else layer(*args, **kwargs)
-
-    copy = keras.models.clone_model(source, clone_function=clone, call_function=call)
-    for layer in source.layers:
-        if isinstance(layer, keras.layers.InputLayer) or layer.name in folded:
-            continue
-        weights = [np.asarray(w, np.float64) for w in layer.get_weights()]
-        if layer.name in norm_of:
-            weights = _fold(weights, source.get_layer(norm_of[layer.name]))
-        copy.get_layer(layer.name).set_weights([w.astype(np.float32) for w in weights])
-    return copy
-
-
-def _fold(conv_weights: list[np.ndarray], norm: keras.layers.BatchNormalization) -> list[np.ndarray]:
-    """Kernel and bias of a convolution followed by `norm` (in inference mode), as one convolution."""
-    kernel, bias = conv_weights[0], (conv_weights[1] if len(conv_weights) > 1 else 0.0)
-    values = dict(zip([w.path.split("/")[-1] for w in norm.weights], norm.get_weights(), strict=True))
-    channels = kernel.shape[-1]
-    gamma = values.get("gamma", np.ones(channels))
-    beta = values.get("beta", np.zeros(channels))
-    scale = np.asarray(gamma, np.float64) / np.sqrt(
-        np.asarray(values["moving_variance"], np.float64) + norm.epsilon
+    return folded_model(
+        source, lambda layer: "float32" if layer.name in full_precision else _POLICIES[precision]
     )
-    return [kernel * scale, (bias - np.asarray(values["moving_mean"], np.float64)) * scale + beta]
 
 
 def has_native_bfloat16() -> bool:

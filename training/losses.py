@@ -29,7 +29,12 @@ class WeightedSparseCategoricalCrossentropy(keras.losses.Loss):
         y_true = ops.cast(y_true, "int32")
         if len(y_true.shape) == len(y_pred.shape):
             y_true = ops.squeeze(y_true, axis=-1)
-        cross_entropy = keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+        # -log p[true class], with Keras's clipping; picked with take_along_axis rather than through
+        # `sparse_categorical_crossentropy`, whose PyTorch gradient fails on the non-contiguous
+        # channels-last softmax ("grad_input must be contiguous", torch 2.13 on CPU).
+        picked = ops.take_along_axis(y_pred, ops.expand_dims(y_true, -1), axis=-1)[..., 0]
+        epsilon = keras.config.epsilon()
+        cross_entropy = -ops.log(ops.clip(picked, epsilon, 1.0 - epsilon))
         weights = ops.take(ops.convert_to_tensor(self.class_weights, dtype=cross_entropy.dtype), y_true)
         return weights * cross_entropy
 

@@ -11,19 +11,21 @@ that is correlated along that axis (e.g. line-scan stripes).
 The mask travels in the training target, `concat(original, mask)` on the channel axis, never inside
 the model: the saved network stays a plain image-to-image model that any consumer can run.
 
-Everything here is TensorFlow ops on batched tensors, so `blind_spot_mask` runs inside
-`tf.data.Dataset.map` and `tf.function`, and is deterministic for a given stateless seed.
+Masking is numpy on batches of patches, done by the input pipeline before a batch reaches the
+backend: the same seed gives the same masked patches under TensorFlow, JAX and PyTorch. The loss is
+`keras.ops`, so it runs on every backend.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
+from scipy import ndimage
 
 REPLACEMENTS = ("uniform", "median", "zero", "mean")
 LOSS_KINDS = ("mse", "mae")
@@ -47,8 +49,8 @@ def grid_box_side(fraction: float) -> int:
 
 
 def blind_spot_mask(
-    patches: tf.Tensor,
-    seed: tf.Tensor,
+    patches: np.ndarray,
+    seed: Sequence[int],
     *,
     fraction: float = 0.002,
     radius: int = 2,
@@ -56,12 +58,13 @@ def blind_spot_mask(
     struct_axis: int | None = None,
     struct_span: int = 0,
     independent_channels: bool = False,
-) -> tuple[tf.Tensor, tf.Tensor]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Hide a stratified sample of pixels of each patch; return the network input and the training target.
 
     Args:
         patches: (B, H, W, C) float patches; cast to float32.
-        seed: shape (2,) int32/int64 seed of the stateless random ops; the same seed gives the same output.
+        seed: a sequence of non-negative integers seeding numpy's generator; the same seed gives the same
+            output.
         fraction: fraction of pixels masked per patch and channel, in (0, 0.25]. Each patch is cut into
             square boxes of side `grid_box_side(fraction)` and one pixel is drawn uniformly in each box,
             so masked pixels are well spread and every full box holds exactly one.
@@ -76,8 +79,8 @@ def blind_spot_mask(
             positions in all channels (and "uniform" then takes all channels from the same neighbour).
 
     Returns:
-        (masked patches (B, H, W, C), target (B, H, W, 2C) = concat(original patches, mask)), where the
-        mask is float32 0/1 and marks only the centres: the structN2V line is hidden but not scored.
+        (masked patches (B, H, W, C), target (B, H, W, 2C) = concat(original patches, mask)), float32,
+        where the mask is 0/1 and marks only the centres: the structN2V line is hidden but not scored.
 
     Boxes cut by the far patch edge are kept: a position is drawn in the whole box and dropped when it
     falls outside the patch. So every pixel, edge pixels included, is masked with probability
@@ -88,43 +91,42 @@ def blind_spot_mask(
     Neighbours whose mirrored position is the centre pixel itself, or lies on the hidden structN2V
     line, are left out of every replacement: they would leak the noise the network must not see.
     Replacements are computed at the masked pixels only, from the original values, so the cost grows
-    with fraction x (2r+1)²; "median" sorts those values and is the slowest at large radii.
+    with fraction x (2r+1)².
     """
     _check_options(fraction, radius, replacement, struct_axis, struct_span)
-    patches = tf.cast(tf.convert_to_tensor(patches), tf.float32)
-    if patches.shape.rank is not None and patches.shape.rank != 4:
+    patches = np.asarray(patches, dtype=np.float32)
+    if patches.ndim != 4:
         raise ValueError(f"patches must have shape (B, H, W, C), got shape {patches.shape}")
-    seed = tf.convert_to_tensor(seed)
-    if seed.shape.rank is not None and seed.shape != (2,):
-        raise ValueError(f"seed must have shape (2,), got shape {seed.shape}")
-    position_seed, choice_seed, struct_seed = tf.unstack(tf.random.split(seed, num=3))
+    seed = list(np.ravel(seed))
+    if not seed or not all(isinstance(s, numbers.Integral) and s >= 0 for s in seed):
+        raise ValueError(f"seed must be a non-empty sequence of non-negative integers, got {seed!r}")
+    position_rng, choice_rng, struct_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([int(s) for s in seed]).spawn(3)
+    )
     span = struct_span if struct_axis is not None else 0
     original = patches
-
-    shape = tf.shape(patches)
-    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    batch, height, width, channels = patches.shape
     if independent_channels:
         # Each channel becomes its own single-channel patch, so one code path serves both modes.
-        patches = tf.reshape(tf.transpose(patches, (0, 3, 1, 2)), (batch * channels, height, width, 1))
+        patches = patches.transpose(0, 3, 1, 2).reshape(batch * channels, height, width, 1)
 
-    centres = _stratified_positions(patches, grid_box_side(fraction), position_seed)
-    masked = patches
+    b, y, x = _stratified_positions(patches.shape[:3], grid_box_side(fraction), position_rng)
+    masked = patches.copy()
     if span > 0:
-        masked = _hide_struct_lines(masked, centres, struct_axis, span, struct_seed)
-    positions = tf.cast(tf.where(centres), tf.int32)
-    values = _replacement_values(patches, positions, radius, replacement, struct_axis, span, choice_seed)
-    masked = tf.tensor_scatter_nd_update(masked, positions, values)
+        masked = _hide_struct_lines(masked, (b, y, x), struct_axis, span, struct_rng)
+    masked[b, y, x] = _replacement_values(
+        patches, (b, y, x), radius, replacement, struct_axis, span, choice_rng
+    )
 
-    mask = tf.broadcast_to(tf.cast(centres, tf.float32)[..., None], tf.shape(patches))
+    mask = np.zeros(patches.shape, np.float32)
+    mask[b, y, x] = 1.0
     if independent_channels:
-        masked = tf.transpose(tf.reshape(masked, (batch, channels, height, width)), (0, 2, 3, 1))
-        mask = tf.transpose(tf.reshape(mask, (batch, channels, height, width)), (0, 2, 3, 1))
-    masked = tf.ensure_shape(masked, original.shape)
-    mask = tf.ensure_shape(mask, original.shape)
-    return masked, tf.concat([original, mask], axis=-1)
+        masked = masked.reshape(batch, channels, height, width).transpose(0, 2, 3, 1)
+        mask = mask.reshape(batch, channels, height, width).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(masked), np.concatenate([original, mask], axis=-1)
 
 
-def masked_pixel_count(target: tf.Tensor) -> tf.Tensor:
+def masked_pixel_count(target):
     """Number of masked pixels (summed over channels) of each sample of a (B, H, W, 2C) target."""
     target = ops.convert_to_tensor(target)
     channels = target.shape[-1] // 2
@@ -162,55 +164,50 @@ class MaskedLoss(keras.losses.Loss):
 # === Positions ===
 
 
-def _stratified_positions(patches: tf.Tensor, side: int, seed: tf.Tensor) -> tf.Tensor:
-    """(B, H, W) bool: one position drawn uniformly in each side x side box, dropped if off the patch."""
-    shape = tf.shape(patches)
-    batch, height, width = shape[0], shape[1], shape[2]
+def _stratified_positions(
+    shape: tuple[int, int, int], side: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(b, y, x) index arrays: one position drawn uniformly in each side x side box of each of the
+    `shape` = (B, H, W) patches, dropped where it falls off the patch."""
+    batch, height, width = shape
     boxes_y, boxes_x = -(-height // side), -(-width // side)
-    offsets = tf.random.stateless_uniform(
-        (2, batch, boxes_y, boxes_x), seed=seed, minval=0, maxval=side, dtype=tf.int32
-    )
-    # Spread each box's drawn offset over its pixels; a pixel is the chosen one when its position
-    # inside the box matches. Cropping to (H, W) is what drops positions outside the patch.
-    offsets = tf.repeat(tf.repeat(offsets, side, axis=2), side, axis=3)[:, :, :height, :width]
-    in_box_y = tf.range(height) % side
-    in_box_x = tf.range(width) % side
-    return (offsets[0] == in_box_y[None, :, None]) & (offsets[1] == in_box_x[None, None, :])
+    offsets = rng.integers(side, size=(2, batch, boxes_y, boxes_x))
+    y = np.arange(boxes_y)[None, :, None] * side + offsets[0]
+    x = np.arange(boxes_x)[None, None, :] * side + offsets[1]
+    b = np.broadcast_to(np.arange(batch)[:, None, None], y.shape)
+    inside = (y < height) & (x < width)
+    return b[inside], y[inside], x[inside]
 
 
 # === Replacement values ===
 
 
-def _mirror(index: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+def _mirror(index: np.ndarray, size: int) -> np.ndarray:
     """Mirror indices into [0, size) without repeating the edge (numpy "reflect"), for any distance."""
-    period = tf.maximum(2 * (size - 1), 1)
-    index = tf.math.floormod(index, period)
-    return tf.where(index >= size, period - index, index)
+    period = max(2 * (size - 1), 1)
+    index = np.mod(index, period)
+    return np.where(index >= size, period - index, index)
 
 
 def _replacement_values(
-    patches: tf.Tensor,
-    positions: tf.Tensor,
+    patches: np.ndarray,
+    positions: tuple[np.ndarray, np.ndarray, np.ndarray],
     radius: int,
     replacement: str,
     struct_axis: int | None,
     span: int,
-    seed: tf.Tensor,
-) -> tf.Tensor:
+    rng: np.random.Generator,
+) -> np.ndarray:
     """(N, C) values for the N masked `positions` (b, y, x), computed from the original patches."""
-    channels = tf.shape(patches)[3]
+    b, y, x = (p[:, None] for p in positions)
     if replacement == "zero":
-        return tf.zeros((tf.shape(positions)[0], channels), tf.float32)
-
+        return np.zeros((b.shape[0], patches.shape[3]), np.float32)
     window = np.arange(-radius, radius + 1)
-    offset_y = tf.constant(np.repeat(window, window.size), tf.int32)
-    offset_x = tf.constant(np.tile(window, window.size), tf.int32)
-    b, y, x = positions[:, 0:1], positions[:, 1:2], positions[:, 2:3]
-    source_y = _mirror(y + offset_y, tf.shape(patches)[1])
-    source_x = _mirror(x + offset_x, tf.shape(patches)[2])
+    source_y = _mirror(y + np.repeat(window, window.size), patches.shape[1])
+    source_x = _mirror(x + np.tile(window, window.size), patches.shape[2])
     # The blind set is the centre plus the hidden structN2V line, judged by the mirrored source
     # position so that a mirrored copy of the centre near the border is excluded as well.
-    distance_y, distance_x = tf.abs(source_y - y), tf.abs(source_x - x)
+    distance_y, distance_x = np.abs(source_y - y), np.abs(source_x - x)
     if struct_axis == 0:
         blind = (distance_x == 0) & (distance_y <= span)
     elif struct_axis == 1:
@@ -218,37 +215,35 @@ def _replacement_values(
     else:
         blind = (distance_y == 0) & (distance_x == 0)
     candidate = ~blind  # (N, K)
-    neighbours = tf.gather_nd(
-        patches, tf.stack([tf.broadcast_to(b, tf.shape(source_y)), source_y, source_x], axis=-1)
-    )  # (N, K, C)
-    count = tf.reduce_sum(tf.cast(candidate, tf.int32), axis=1)  # (N,)
+    neighbours = patches[b, source_y, source_x]  # (N, K, C)
 
     if replacement == "uniform":
-        scores = tf.random.stateless_uniform(tf.shape(candidate), seed=seed)
-        chosen = tf.argmax(tf.where(candidate, scores, -1.0), axis=1, output_type=tf.int32)
-        return tf.gather(neighbours, chosen, batch_dims=1)
+        scores = np.where(candidate, rng.random(candidate.shape), -1.0)
+        return neighbours[np.arange(len(neighbours)), np.argmax(scores, axis=1)]
     if replacement == "mean":
-        total = tf.reduce_sum(tf.where(candidate[..., None], neighbours, 0.0), axis=1)
-        return total / tf.cast(tf.maximum(count, 1), tf.float32)[:, None]
-    # Median: blind entries sort to the end as +inf, so the first `count` sorted values are the
-    # candidates; average the two middle ones (numpy's convention for an even count).
-    ordered = tf.sort(tf.where(candidate[..., None], neighbours, np.inf), axis=1)
-    lower = tf.gather(ordered, tf.maximum(count - 1, 0) // 2, batch_dims=1)
-    upper = tf.gather(ordered, count // 2, batch_dims=1)
-    return tf.where((count > 0)[:, None], (lower + upper) / 2.0, 0.0)
+        total = np.where(candidate[..., None], neighbours, 0.0).sum(axis=1)
+        return (total / np.maximum(candidate.sum(axis=1), 1)[:, None]).astype(np.float32)
+    # Median (numpy's convention: the mean of the two middle values for an even count); the window
+    # always keeps candidates, since the blind set is at most a line through it.
+    return np.nanmedian(np.where(candidate[..., None], neighbours, np.nan), axis=1).astype(np.float32)
 
 
 def _hide_struct_lines(
-    patches: tf.Tensor, centres: tf.Tensor, axis: int, span: int, seed: tf.Tensor
-) -> tf.Tensor:
+    patches: np.ndarray,
+    positions: tuple[np.ndarray, np.ndarray, np.ndarray],
+    axis: int,
+    span: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Overwrite pixels within `span` of each centre along `axis` with random values in the patch range."""
-    window = (2 * span + 1, 1) if axis == 0 else (1, 2 * span + 1)
-    line = tf.nn.max_pool2d(tf.cast(centres, tf.float32)[..., None], window, strides=1, padding="SAME") > 0
-    low = tf.reduce_min(patches, axis=(1, 2), keepdims=True)
-    high = tf.reduce_max(patches, axis=(1, 2), keepdims=True)
-    noise = low + (high - low) * tf.random.stateless_uniform(tf.shape(patches), seed=seed)
+    centres = np.zeros(patches.shape[:3], bool)
+    centres[positions] = True
+    line = ndimage.maximum_filter1d(centres, 2 * span + 1, axis=axis + 1, mode="constant")
+    low = patches.min(axis=(1, 2), keepdims=True)
+    high = patches.max(axis=(1, 2), keepdims=True)
+    noise = low + (high - low) * rng.random(patches.shape, dtype=np.float32)
     # Centres are overwritten afterwards with their own replacement.
-    return tf.where(line, noise, patches)
+    return np.where(line[..., None], noise, patches)
 
 
 # === Argument checks ===

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from base.errors import UserInputError
 
@@ -74,11 +73,17 @@ def cluster_task(environ: dict[str, str] | None = None) -> ClusterTask:
 
 def is_chief(distribute: str) -> bool:
     """Whether this process keeps the run folder: always, unless it is a multi-worker task other than
-    the chief."""
-    return distribute != "multiworker" or cluster_task().chief
+    the chief (on JAX: a process other than number 0)."""
+    if distribute != "multiworker":
+        return True
+    if keras.backend.backend() == "jax":
+        return os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "0") == "0"
+    return cluster_task().chief
 
 
-def _sharded(dataset: tf.data.Dataset) -> tf.data.Dataset:
+def _sharded(dataset):
+    import tensorflow as tf
+
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
@@ -86,7 +91,7 @@ def _sharded(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 def fit_multiworker(
     model: keras.Model,
-    train_data: tf.data.Dataset,
+    train_data,
     val_data: tuple[np.ndarray, np.ndarray],
     *,
     batch_size: int,
@@ -98,7 +103,10 @@ def fit_multiworker(
 ) -> keras.callbacks.History:
     """`model.fit(train_data, validation_data=val_data, ...)` for a model built in a
     MultiWorkerMirroredStrategy's scope; `train_data` yields global batches, `val_data` is batched by
-    `batch_size`. Returns the History, like `fit`."""
+    `batch_size`. Returns the History, like `fit`. Every worker draws the same stream of global batches
+    (`training.device.as_dataset`) and keeps its share (`AutoShardPolicy.DATA`)."""
+    import tensorflow as tf
+
     strategy = model.distribute_strategy
     train = strategy.experimental_distribute_dataset(_sharded(train_data))
     val = strategy.experimental_distribute_dataset(

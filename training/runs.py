@@ -7,12 +7,12 @@ import io
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from base.errors import UserInputError
 from base.run_folder import (
@@ -38,15 +38,10 @@ from training.callbacks import (
     restore_callback_state,
 )
 from training.config import RESUMABLE_OVERRIDES, TrainingConfig, build_config
+from training.device import fit_input
 from training.files import write_atomic
 from training.multiworker import fit_multiworker
-
-_WRITE_FAILURES = (
-    "No space left on device",
-    "Read-only file system",
-    "Permission denied",
-    "Disk quota exceeded",
-)
+from training.scalars import ScalarLog
 
 
 def write_sample(run_dir: Path, image: np.ndarray) -> None:
@@ -118,15 +113,17 @@ def resumed_config(run_dir: Path, cls: type[TrainingConfig], values: dict, overr
 
 def fit(
     model: keras.Model,
-    train_data: tf.data.Dataset,
+    train_data: Iterable[tuple[np.ndarray, np.ndarray]],
     val_data: tuple,
     *,
     config: TrainingConfig,
     run_dir: Path,
     resume: bool,
     extra_callbacks: list[keras.callbacks.Callback] = (),
+    processes: int = 1,
 ) -> RunKeeper:
-    """Train `model` (compiled, and when resuming loaded from `last.keras`) to `config.epochs` epochs."""
+    """Train `model` (compiled, and when resuming loaded from `last.keras`) to `config.epochs` epochs.
+    With `processes` > 1 (JAX on several machines) the data are this process's share of each batch."""
     initial_epoch, history, state = 0, [], {}
     if resume:
         initial_epoch = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // config.steps_per_epoch
@@ -178,7 +175,7 @@ def fit(
         StepTimer(),
         *stateful.values(),
         *extra_callbacks,
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / TENSORBOARD_DIR)),
+        ScalarLog(run_dir / TENSORBOARD_DIR),
         keeper,
         interrupt,
     ]
@@ -192,25 +189,17 @@ def fit(
         "callbacks": callbacks,
         "verbose": 1 if sys.stdout.isatty() else 2,  # one line per epoch in logs and CI
     }
-    try:
-        if config.distribute == "multiworker":
-            fit_multiworker(model, train_data, val_data, batch_size=config.batch_size, **schedule)
-        else:
-            model.fit(
-                train_data,
-                validation_data=val_data,
-                validation_batch_size=config.batch_size,
-                shuffle=False,  # the patch generator draws at random already
-                **schedule,
-            )
-    except tf.errors.OpError as error:
-        # TensorFlow's own writers (the TensorBoard logs) report a full or read-only disk this way.
-        reason = next((r for r in _WRITE_FAILURES if r in error.message), None)
-        if reason is None:
-            raise
-        raise UserInputError(
-            f"{run_dir / TENSORBOARD_DIR}: cannot write the TensorBoard logs ({reason})"
-        ) from None
+    train_data = fit_input(train_data)
+    if config.distribute == "multiworker" and keras.backend.backend() == "tensorflow":
+        fit_multiworker(model, train_data, val_data, batch_size=config.batch_size, **schedule)
+    else:
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            validation_batch_size=config.batch_size // processes,
+            shuffle=False,  # the patch generator draws at random already
+            **schedule,
+        )
     if interrupt.stopped_after is not None:
         print(
             f"stopped after epoch {interrupt.stopped_after} of {config.epochs}; its checkpoint is "

@@ -13,6 +13,7 @@ Adding a task is one module under `training/tasks/`, one line in the registry an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -37,7 +38,7 @@ class TaskData:
 class TrainingData:
     """What `fit` consumes: an endless training dataset, the validation arrays, and task callbacks."""
 
-    train: object  # a tf.data.Dataset of (input, target) batches
+    train: Iterable[tuple[np.ndarray, np.ndarray]]  # endless (input, target) batches, with close()
     val: tuple[np.ndarray, np.ndarray]
     callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
 

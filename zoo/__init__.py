@@ -2,12 +2,14 @@
 
 import os
 
-# The models are written for the TensorFlow backend; quieten TensorFlow's C++ start-up chatter.
-# Both are defaults only: a user's own setting wins.
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from base.backend import set_default_backend
+
+# Defaults only, before Keras is imported: a user's own KERAS_BACKEND wins; TensorFlow's C++ start-up
+# chatter is quietened.
+set_default_backend()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from zoo.receptive_field import Geometry, model_geometry
-from zoo.registry import MODELS, build_model
+from zoo.receptive_field import Geometry, model_geometry  # noqa: E402 (after the backend default)
+from zoo.registry import MODELS, build_model  # noqa: E402 (after the backend default)
 
 __all__ = ["MODELS", "Geometry", "build_model", "model_geometry"]

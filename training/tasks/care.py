@@ -27,7 +27,7 @@ from training.config import PairSplitOptions, RestorationOptions, TrainingConfig
 from training.data import SPLITS, PairLayout, PairSplit, find_pairs, keep_split, recorded_split
 from training.files import write_json
 from training.images import read_image
-from training.pipeline import grid_patches, training_dataset
+from training.pipeline import grid_patches, training_batches
 from training.task import Task, TaskData, TrainingData, training_lines
 from zoo import build_model
 
@@ -228,7 +228,7 @@ class CareTask(Task):
     def training_data(
         self, config: CareConfig, data: PairData, run_dir: Path, *, first_epoch: int
     ) -> TrainingData:
-        train = training_dataset(
+        train = training_batches(
             *self._normalized(data.pairs["train"], data.stats),
             patch_size=config.patch_size,
             batch_size=config.batch_size,

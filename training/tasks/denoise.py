@@ -15,7 +15,6 @@ from typing import Literal
 
 import keras
 import numpy as np
-import tensorflow as tf
 from pydantic import Field, model_validator
 
 from base.run_folder import DATA_DIR, DATA_FILE, METRICS_FILE, NORMALIZATION_FILE, read_record
@@ -26,7 +25,7 @@ from training.config import RestorationOptions, TrainingConfig, UNetOptions
 from training.files import write_json
 from training.masking import MaskedLoss, blind_spot_mask
 from training.noisy_images import NoisyImage, check_sizes, embedded_demo, load_noisy_images, split_images
-from training.pipeline import grid_patches, training_dataset
+from training.pipeline import grid_patches, training_batches
 from training.task import Task, TaskData, TrainingData, training_lines
 from zoo import build_model
 
@@ -163,14 +162,19 @@ class NoisyData(TaskData):
     demo: bool  # generated (the embedded demo), to be kept in the run folder
 
 
-def masking(config: DenoiseConfig):
-    """The batch function that masks patches for blind-spot training, seeded by (seed, step)."""
+# Seeds of the masks: (seed, TRAINING_MASKS, step) for each training step, (seed, VALIDATION_MASKS) for the
+# fixed validation masks, so the two streams never meet.
+TRAINING_MASKS, VALIDATION_MASKS = 0, 1
 
-    def mask(patches: tf.Tensor, step: tf.Tensor):
-        seed = tf.stack([tf.cast(config.seed, tf.int64), step])
+
+def masking(config: DenoiseConfig):
+    """The batch function that masks patches for blind-spot training: `mask(patches, seed_words)`, the
+    masks drawn from the seed (config.seed, *seed_words)."""
+
+    def mask(patches: np.ndarray, *seed_words: int):
         return blind_spot_mask(
             patches,
-            seed,
+            [config.seed, *seed_words],
             fraction=config.mask_fraction,
             radius=config.mask_radius,
             replacement=config.resolved_replacement,
@@ -252,7 +256,7 @@ class DenoiseTask(Task):
         self, config: DenoiseConfig, data: NoisyData, run_dir: Path, *, first_epoch: int
     ) -> TrainingData:
         mask = masking(config)
-        train = training_dataset(
+        train = training_batches(
             data.train,
             data.train,
             patch_size=config.patch_size,
@@ -260,18 +264,15 @@ class DenoiseTask(Task):
             seed=config.seed,
             first_epoch=first_epoch,
             steps_per_epoch=config.steps_per_epoch,
-        )
-        # The step index seeds the masks: a resumed run masks exactly as an uninterrupted one.
-        train = train.enumerate(start=first_epoch * config.steps_per_epoch).map(
-            lambda step, batch: mask(batch[0], step), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            # The step index seeds the masks: a resumed run masks exactly as an uninterrupted one.
+            transform=lambda patches, _, step: mask(patches, TRAINING_MASKS, step),
         )
         val_patches, _ = grid_patches(
             data.val, data.val, patch_size=config.patch_size, max_patches=config.val_patches
         )
-        # Fixed masks for validation (seeded away from every training step), so epochs are comparable.
-        val_x, val_y = mask(tf.constant(val_patches), tf.constant(-1, tf.int64))
+        # Fixed masks for validation (seeded apart from every training step), so epochs are comparable.
         callbacks = [PeriodicCheckpoint(run_dir, config.checkpoint_every)] if config.checkpoint_every else []
-        return TrainingData(train, (val_x.numpy(), val_y.numpy()), callbacks)
+        return TrainingData(train, mask(val_patches, VALIDATION_MASKS), callbacks)
 
     def evaluate(self, config: DenoiseConfig, data: NoisyData, run_dir: Path, model, runner) -> dict:
         out_dir = run_dir / OUTPUT_DIR

@@ -39,7 +39,7 @@ from training.files import write_json
 from training.images import percentile_normalize, read_image, write_tiff_atomic
 from training.losses import WeightedSparseCategoricalCrossentropy
 from training.metrics import format_metrics_table
-from training.pipeline import grid_patches, training_dataset
+from training.pipeline import grid_patches, training_batches
 from training.synthetic import write_synthetic_dataset
 from training.targets import CLASS_NAMES
 from training.task import Task, TaskData, TrainingData, training_lines
@@ -205,7 +205,7 @@ class SegmentTask(Task):
         self, config: SegmentConfig, data: SegmentationData, run_dir: Path, *, first_epoch: int
     ) -> TrainingData:
         train, val = data.samples["train"], data.samples["val"]
-        train_data = training_dataset(
+        train_data = training_batches(
             [s.image for s in train],
             [s.classes[..., np.newaxis] for s in train],
             patch_size=config.patch_size,

@@ -1,0 +1,67 @@
+"""`python -m export.to_onnx MODEL.keras OUT.onnx INPUT_ID`, run with KERAS_BACKEND set to the converter's
+backend: convert a portable `.keras` model to ONNX with dynamic batch, height and width.
+
+Under TensorFlow, Keras converts through tf2onnx. Under PyTorch, `torch.onnx`'s TorchScript exporter traces
+the network on a 128 x 128 input (Keras's own torch export would trace a 1 x 1 one, too small for a U-Net),
+with batch, height and width declared dynamic; the package checks then run the ONNX file on other sizes.
+`export.weights.write_onnx` runs this in a child process, so a run trained on any backend converts with
+whichever converter is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(keras_file: str, out_file: str, input_id: str) -> None:
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend not in ("tensorflow", "torch"):
+        raise SystemExit("run with KERAS_BACKEND=tensorflow or KERAS_BACKEND=torch")
+    import keras
+
+    from export.weights import ONNX_OPSET
+
+    model = keras.models.load_model(keras_file, compile=False)
+    channels = int(model.input_shape[-1])
+    if backend == "torch":
+        _export_with_torch(model, out_file, input_id, channels)
+        return
+    model.export(
+        out_file,
+        format="onnx",
+        input_signature=[keras.InputSpec(shape=(None, None, None, channels), dtype="float32", name=input_id)],
+        opset_version=ONNX_OPSET,
+        verbose=False,
+    )
+
+
+def _export_with_torch(model, out_file: str, input_id: str, channels: int) -> None:
+    import torch
+
+    from export.weights import ONNX_OPSET
+
+    class Forward(torch.nn.Module):
+        def __init__(self, network):
+            super().__init__()
+            self.network = network
+
+        def forward(self, x):
+            return self.network(x, training=False)
+
+    dynamic = {0: "batch", 1: "y", 2: "x"}
+    with torch.no_grad():
+        torch.onnx.export(
+            Forward(model).eval(),
+            (torch.zeros(1, 128, 128, channels),),
+            out_file,
+            input_names=[input_id],
+            output_names=["output"],
+            dynamic_axes={input_id: dynamic, "output": dynamic},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
