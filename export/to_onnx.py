@@ -39,20 +39,13 @@ def main(keras_file: str, out_file: str, input_id: str) -> None:
 def _export_with_torch(model, out_file: str, input_id: str, channels: int) -> None:
     import torch
 
+    from export.torchscript import inference_module
     from export.weights import ONNX_OPSET
-
-    class Forward(torch.nn.Module):
-        def __init__(self, network):
-            super().__init__()
-            self.network = network
-
-        def forward(self, x):
-            return self.network(x, training=False)
 
     dynamic = {0: "batch", 1: "y", 2: "x"}
     with torch.no_grad():
         torch.onnx.export(
-            Forward(model).eval(),
+            inference_module(model),
             (torch.zeros(1, 128, 128, channels),),
             out_file,
             input_names=[input_id],

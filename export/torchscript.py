@@ -82,12 +82,12 @@ def prediction_copy(model):
     return channels_first_model(folded_model(model))
 
 
-def trace(network):
-    """The Keras `network` (under the PyTorch backend) traced in inference mode on a (1, 128, 128, c)
-    input, its device moves dropped."""
+def inference_module(network):
+    """The Keras `network` (under the PyTorch backend) as a PyTorch module that calls it in inference
+    mode: what TorchScript and `torch.onnx` trace."""
     import torch
 
-    class Traced(torch.nn.Module):
+    class Inference(torch.nn.Module):
         def __init__(self, network):
             super().__init__()
             self.network = network
@@ -95,10 +95,18 @@ def trace(network):
         def forward(self, x):
             return self.network(x, training=False)
 
+    return Inference(network).eval()
+
+
+def trace(network):
+    """The Keras `network` (under the PyTorch backend) traced in inference mode on a (1, 128, 128, c)
+    input, its device moves dropped."""
+    import torch
+
     channels = int(network.input_shape[-1])
     with torch.no_grad():
         traced = torch.jit.trace(
-            Traced(network).eval(), torch.zeros(1, 2 * _STEP, 2 * _STEP, channels), check_trace=False
+            inference_module(network), torch.zeros(1, 2 * _STEP, 2 * _STEP, channels), check_trace=False
         )
     drop_device_moves(traced)
     return traced

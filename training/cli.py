@@ -76,7 +76,7 @@ def task_main(name: str, argv: list[str] | None = None) -> int:
     status."""
 
     def body():
-        backend = select_backend(requested_backend(argv))
+        select_backend(requested_backend(argv))  # before the tasks import Keras
         from training.core import train
         from training.tasks import get_task
 
@@ -89,6 +89,6 @@ def task_main(name: str, argv: list[str] | None = None) -> int:
         else:
             source = f"{args.config} + command line" if args.config else "command line"
             config = build_options(task.options, values, source=source)
-        train(task, config.model_copy(update={"backend": backend}), resume_dir=args.resume)
+        train(task, config, resume_dir=args.resume)  # records the backend it runs on
 
     return run_command(body)

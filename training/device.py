@@ -54,7 +54,9 @@ def fit_input(batches: Iterable):
         return (batch for batch in batches)  # Keras takes a generator, not any iterable
     import tensorflow as tf
 
-    first = next(iter(batches))
+    peek = iter(batches)  # a stream of its own, for the first batch's shapes only, then stopped
+    first = next(peek)
+    peek.close()
     signature = tuple(tf.TensorSpec(array.shape, tf.as_dtype(array.dtype)) for array in first)
     return tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=signature).prefetch(
         tf.data.AUTOTUNE
