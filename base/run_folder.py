@@ -10,6 +10,7 @@ run's task has written what its package declares (tensors, processing, documenta
     data.json            where the noisy images came from (denoising)
     normalization.json   training mean and std (denoising, CARE)
     postprocessing.json  thresholds chosen on the validation images (segmentation)
+    init.json            where the starting weights came from (a fine-tuned run, --init-from)
     history.csv, state.json, curves.png, tensorboard/
     best.keras, last.keras, checkpoints/epoch-NNNN.keras
     metrics.json         held-out evaluation, and the checkpoint it was computed with
@@ -35,6 +36,7 @@ SPLIT_FILE = "split.json"
 DATA_FILE = "data.json"
 NORMALIZATION_FILE = "normalization.json"
 POSTPROCESSING_FILE = "postprocessing.json"
+INIT_FILE = "init.json"
 HISTORY_FILE = "history.csv"
 STATE_FILE = "state.json"
 PLOT_FILE = "curves.png"
@@ -59,6 +61,7 @@ ATOMIC_FILES = (
     DATA_FILE,
     NORMALIZATION_FILE,
     POSTPROCESSING_FILE,
+    INIT_FILE,
     HISTORY_FILE,
     STATE_FILE,
     PLOT_FILE,

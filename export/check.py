@@ -3,7 +3,8 @@
 1. the zip is safe to open (no member escapes the folder, no link, sizes bounded) and has an rdf.yaml;
 2. bioimageio.spec reads it as a valid model description (format 0.5);
 3. deepImageJ's reader (JDLL) can parse it: plain-string documentation and covers, an id and a
-   nickname, tiling allowed, space axes x and y, only processing operations JDLL implements;
+   nickname, tiling allowed, space axes x and y, only processing operations JDLL implements, and the
+   ImageJ macros it declares are attached files;
 4. the ONNX file is opset 15-17 with IR version at most 8 (onnxruntime 1.10-1.13, JDLL's engines), with
    dynamic batch, height and width and tensors named after the rdf ids; the `.keras` file uses Keras's
    own layers only;
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field  # noqa: E402 (after the backe
 
 from base.cli import simple_command  # noqa: E402 (after the backend default)
 from export.errors import ExportError, FailedChecks  # noqa: E402 (after the backend default)
+from export.imagej import RUN_MACRO_SPEC  # noqa: E402 (after the backend default)
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 JDLL_OPERATIONS = {
@@ -174,8 +176,24 @@ def jdll_checks(rdf: dict) -> list[Check]:
             f"id {rdf.get('id')!r}, nickname {nickname!r}",
         )
     )
-    tiling = (config.get("deepimagej") or {}).get("allow_tiling")
+    deepimagej = config.get("deepimagej") or {}
+    tiling = deepimagej.get("allow_tiling")
     checks.append(Check("JDLL: config.deepimagej.allow_tiling is true", tiling is True))
+    macros = [
+        step.get("kwargs")
+        for step in (deepimagej.get("prediction") or {}).get("postprocess") or []
+        if step.get("spec") == RUN_MACRO_SPEC
+    ]
+    if macros:
+        attached = {a.get("source") for a in rdf.get("attachments") or []}
+        missing = [str(m) for m in macros if m not in attached]
+        checks.append(
+            Check(
+                "deepImageJ: its post-processing macros are attached files",
+                not missing,
+                ", ".join(missing) if missing else ", ".join(macros),
+            )
+        )
     bad_axes, bad_ops, warnings = [], [], []
     for kind, processing in (("inputs", "preprocessing"), ("outputs", "postprocessing")):
         for tensor in rdf.get(kind, []):

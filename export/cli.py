@@ -26,7 +26,8 @@ class ExportOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_dir: Path = Field(
-        description="run folder of a training command", json_schema_extra={"positional": True}
+        description="run folder of a training command, or the name of a shipped model",
+        json_schema_extra={"positional": True},
     )
     out: Path = Field(description="package to write (.zip)")
     overwrite: bool = Field(False, description="replace an existing package")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from base.cli import format_validation_error
 from base.errors import UserInputError
@@ -49,6 +49,18 @@ class Citation(BaseModel):
     doi: str
 
 
+class Instances(BaseModel):
+    """How the output's class probabilities (background, interior, boundary) become one label per object:
+    the thresholds of the seeded watershed the run chose (`training.targets.classes_to_instances`). The
+    package carries the same rule as an ImageJ macro (`export.imagej`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interior_threshold: float = Field(gt=0, lt=1)
+    foreground_threshold: float = Field(gt=0, lt=1)
+    min_object_size: int = Field(ge=0)
+
+
 class Declaration(BaseModel):
     """Everything task-specific that a package holds."""
 
@@ -67,6 +79,14 @@ class Declaration(BaseModel):
     cover_colours: list[tuple[int, int, int]] | None = None
     training: list[str]  # documentation lines (Markdown) under "Training"
     validation: list[str]  # documentation lines under "# Validation": the held-out scores
+    # Segmentation: the rule from the output's class probabilities to labels; none: the output is the result.
+    instances: Instances | None = None
+
+    @model_validator(mode="after")
+    def _instances_need_three_classes(self) -> Declaration:
+        if self.instances is not None and len(self.output.channels) != 3:
+            raise ValueError("instances need an output of 3 classes (background, interior, boundary)")
+        return self
 
     @property
     def checkpoint_file(self) -> str:

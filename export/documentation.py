@@ -4,7 +4,9 @@ declaration."""
 
 from __future__ import annotations
 
+from export.declaration import Instances
 from export.describe import Tensors
+from export.imagej import MACRO_FILE
 from export.run_folder import Run
 
 
@@ -46,6 +48,7 @@ def documentation(run: Run, sizes: Tensors, *, name: str, torchscript: bool) -> 
         "- Python: `bioimageio predict PACKAGE.zip --inputs image.tif` (bioimageio.core), or "
         "`bioimageio.core.predict(model=..., inputs=...)`.",
         "",
+        *(_cells(declared.instances) if declared.instances is not None else []),
         "## Limitations",
         "",
         "- 2D images only; a stack is processed slice by slice by the consumer.",
@@ -57,3 +60,30 @@ def documentation(run: Run, sizes: Tensors, *, name: str, torchscript: bool) -> 
         "",
     ]
     return "\n".join(lines)
+
+
+def _cells(instances: Instances) -> list[str]:
+    """How to get one label per cell from the probabilities, in Fiji and in Python."""
+    thresholds = (
+        f"interior_threshold={instances.interior_threshold}, "
+        f"foreground_threshold={instances.foreground_threshold}, min_size={instances.min_object_size}"
+    )
+    return [
+        "## Cells, not probabilities",
+        "",
+        "The model gives probabilities; a seeded watershed turns them into a label image (0 background, "
+        f"1..N one per cell): seeds where p(interior) > {instances.interior_threshold}, grown into "
+        f"1 - p(background) > {instances.foreground_threshold}, objects under "
+        f"{instances.min_object_size} px removed.",
+        "",
+        "- Fiji: install deepImageJ (Help > Update... > Manage update sites: tick DeepImageJ, apply, "
+        "restart), install this package (deepImageJ: Install model, from the zip file), open an image and "
+        f"run the model. The package's macro `{MACRO_FILE}` runs after the model and leaves a 16-bit label "
+        "image, `<title>_labels`. If your deepImageJ does not run it, select the probability image and run "
+        f"it yourself: Plugins > Macros > Run... > `{MACRO_FILE}` (in the model's folder under "
+        "Fiji.app/models). It needs plain ImageJ only (no plugins) and runs in batch mode.",
+        "- Python: `python -m training.predict RUN_OR_MODEL IMAGES/ --out OUT/` (bioimage-keras-zoo) "
+        "writes `NAME_labels.tif` beside `NAME_probabilities.tif`; or, on probabilities `p` of shape "
+        f"(Y, X, 3): `training.targets.classes_to_instances(p, {thresholds})`.",
+        "",
+    ]

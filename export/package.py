@@ -25,6 +25,7 @@ from export import describe
 from export.describe import Metadata, Tensors
 from export.documentation import documentation
 from export.errors import ExportError, FailedChecks
+from export.imagej import deepimagej_config, write_macro
 from export.portable import portable_model
 from export.run_folder import Run, read_run
 from export.weights import ONNX_OPSET, torch_version, write_onnx, write_torchscript
@@ -131,6 +132,9 @@ def build_description(run: Run, staging: Path, metadata: Metadata) -> dict:
     describe.write_image(staging / "sample_output.tif", output[0])
     describe.write_image(staging / "cover.png", describe.cover(run, raw, output))
     nickname = describe.nickname(describe.sha256(keras_file))
+    # Segmentation: the macro that turns the probabilities into cells in Fiji.
+    instances = run.declaration.instances
+    macro = write_macro(instances, staging) if instances is not None else None
     (staging / "documentation.md").write_text(
         documentation(run, sizes, name=metadata.name or run.declaration.name, torchscript=torch is not None)
     )
@@ -144,6 +148,7 @@ def build_description(run: Run, staging: Path, metadata: Metadata) -> dict:
             torch=torch,
             nickname=nickname,
             atol=describe.absolute_tolerance(output),
+            macro=macro,
         )
     except pydantic.ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
@@ -156,7 +161,9 @@ def build_description(run: Run, staging: Path, metadata: Metadata) -> dict:
     return rdf
 
 
-def _model_descr(run: Run, staging: Path, metadata: Metadata, sizes: Tensors, *, torch, nickname, atol):
+def _model_descr(
+    run: Run, staging: Path, metadata: Metadata, sizes: Tensors, *, torch, nickname, atol, macro: str | None
+):
     from bioimageio.spec import ValidationContext
     from bioimageio.spec.model import v0_5
 
@@ -187,6 +194,7 @@ def _model_descr(run: Run, staging: Path, metadata: Metadata, sizes: Tensors, *,
             version=metadata.version,
             documentation=v0_5.FileDescr(source="documentation.md"),
             covers=[v0_5.FileDescr(source="cover.png")],
+            attachments=[v0_5.FileDescr(source=macro)] if macro is not None else [],
             id=v0_5.ModelId(f"bioimage-keras-zoo/{nickname}"),
             inputs=[
                 v0_5.InputTensorDescr(
@@ -214,7 +222,7 @@ def _model_descr(run: Run, staging: Path, metadata: Metadata, sizes: Tensors, *,
                     nickname=nickname,
                     reproducibility_tolerance=[v0_5.ReproducibilityTolerance(absolute_tolerance=atol)],
                 ),
-                deepimagej={"allow_tiling": True, "pyramidal_model": False},
+                deepimagej=deepimagej_config(macro),
             ),
         )
     return descr

@@ -26,6 +26,7 @@ from base.run_folder import (
 )
 from export.declaration import Declaration, read_declaration
 from export.errors import ExportError
+from zoo.pretrained import resolve_run
 
 
 @dataclass
@@ -71,8 +72,9 @@ def _as_export_error(function, *args):
 
 
 def read_run(folder: Path, checkpoint: str | None = None) -> Run:
-    """Read and check a run folder; `checkpoint` is `best`, `last` or None (the one the run's results
-    come from, as its declaration says)."""
+    """Read and check a run folder (or a shipped model, by name); `checkpoint` is `best`, `last` or None
+    (the one the run's results come from, as its declaration says)."""
+    folder = _as_export_error(resolve_run, folder)
     if not folder.is_dir():
         raise ExportError(f"{folder}: no such run folder")
     config = _as_export_error(read_record, folder / CONFIG_FILE, "the run's options")

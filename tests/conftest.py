@@ -24,6 +24,35 @@ tensorflow_only = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="TensorFlow's own API; this run is on another backend"
 )
 
+# The modules in which Keras computes something whose result depends on the backend (models, losses,
+# masks, tiling, training, resuming, fine-tuning, TorchScript): CI runs them again on JAX and PyTorch
+# (`-m backends`). The rest read files, check inputs, count or export through the checks of
+# test_backends.py, which trains, predicts and exports every task on every backend itself.
+BACKEND_MODULES = {
+    "test_backends",
+    "test_care",
+    "test_determinism",
+    "test_inference",
+    "test_init_from",
+    "test_losses",
+    "test_masking",
+    "test_n2v_models",
+    "test_resume",
+    "test_task_contract",
+    "test_tiling",
+    "test_torchscript",
+    "test_tta",
+    "test_weight_averaging",
+    "test_zoo",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in BACKEND_MODULES:
+            item.add_marker(pytest.mark.backends)
+
+
 # Small enough that a model builds and predicts in a fraction of a second on two CPU cores.
 TINY_ARGUMENTS = {"depth": 2, "base_filters": 4}
 
@@ -76,6 +105,16 @@ TINY_SEGMENT_FLAGS = tuple(
     "--epochs 2 --steps-per-epoch 2 --patch-size 32 --batch-size 2 --depth 1 --base-filters 4 "
     "--val-patches 4 --tile-size 64 --no-export".split()
 )
+
+
+@pytest.fixture(scope="session")
+def nuclei_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped nuclei model exported as a bioimage.io package, written only if every check passed."""
+    from export.cli import export_main
+
+    out = tmp_path_factory.mktemp("nuclei") / "nuclei.zip"
+    assert export_main(["nuclei", "--out", str(out)]) == 0, "the shipped model's package failed its checks"
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -212,6 +212,27 @@ def test_denoising_normalisation_is_the_training_mean_and_std(denoise_run, denoi
     assert rdf["authors"][0] == {"name": "Ada Lovelace", "affiliation": "Analytical"}
 
 
+def test_segmentation_package_carries_its_imagej_macro_where_deepimagej_looks(
+    segment_run, segment_package, denoise_package, tmp_path
+):
+    folder = _unzip(segment_package, tmp_path / "segment")
+    rdf = read_yaml(folder / "rdf.yaml")
+    assert rdf["config"]["deepimagej"]["prediction"]["postprocess"] == [
+        {"spec": "ij.IJ::runMacroFile", "kwargs": "instances.ijm"}
+    ]
+    assert [a["source"] for a in rdf["attachments"]] == ["instances.ijm"]
+    tuned = json.loads((segment_run / "postprocessing.json").read_text())
+    macro = (folder / "instances.ijm").read_text()
+    assert f"var interiorThreshold = {tuned['interior_threshold']!r};" in macro
+    assert f"var foregroundThreshold = {tuned['foreground_threshold']!r};" in macro
+    assert f"var minObjectSize = {tuned['min_object_size']};" in macro
+    text = (folder / rdf["documentation"]).read_text()
+    assert "## Cells, not probabilities" in text and "training.targets.classes_to_instances" in text
+    # A denoising package's output is the result: no macro.
+    denoised = read_yaml(_unzip(denoise_package, tmp_path / "denoise") / "rdf.yaml")
+    assert "prediction" not in denoised["config"]["deepimagej"] and not denoised.get("attachments")
+
+
 def test_documentation_carries_the_held_out_metrics_and_the_citations(segment_run, segment_package, tmp_path):
     folder = _unzip(segment_package, tmp_path)
     rdf = read_yaml(folder / "rdf.yaml")

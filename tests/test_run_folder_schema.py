@@ -61,6 +61,20 @@ def test_upgrade_writes_the_declaration_the_run_would_have_written(finished_run,
     assert upgraded == json.loads((finished_run / DECLARATION_FILE).read_text())
 
 
+def test_redeclare_gives_a_run_declared_by_an_older_version_what_its_task_declares_now(
+    finished_run, tmp_path, capsys
+):
+    run = _copy_with_schema(finished_run, tmp_path, SCHEMA_VERSION)
+    declaration = json.loads((run / DECLARATION_FILE).read_text())
+    del declaration["instances"]  # as declared before segmentation packages carried the ImageJ macro
+    (run / DECLARATION_FILE).write_text(json.dumps(declaration))
+    assert upgrade_main([str(run), "--redeclare"]) == 0
+    assert "wrote declaration.json anew" in capsys.readouterr().out
+    assert json.loads((run / DECLARATION_FILE).read_text()) == json.loads(
+        (finished_run / DECLARATION_FILE).read_text()
+    )
+
+
 def test_predict_upgrades_an_older_run_folder_by_itself(finished_run, tiny_segment_data, tmp_path, capsys):
     run = _copy_with_schema(finished_run, tmp_path, None)
     image = next((tiny_segment_data / "images").iterdir())

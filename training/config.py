@@ -52,6 +52,14 @@ class TrainingConfig(BaseModel):
         "backend measured fastest for this machine's device (see README); the run records the one used.",
     )
 
+    init_from: str | None = Field(
+        None,
+        description="Fine-tune: start from trained weights, not random ones: a shipped model's name (python "
+        "-m zoo.pretrained lists them), a run folder, a bioimage.io package (.zip) or a .keras file. The "
+        "network's options are taken from the source where it records them.",
+        json_schema_extra={"metavar": "SOURCE"},
+    )
+
     patch_size: int = Field(
         128, ge=16, le=4096, description="Side of the square training patches, in pixels."
     )

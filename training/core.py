@@ -33,6 +33,7 @@ from training.device import (
 )
 from training.engines import inference_model
 from training.files import write_json
+from training.init_from import check_fits, find_source, record_source, take_options
 from training.multiworker import is_chief
 from training.pipeline import process_share
 from training.runs import fit, new_run_dir, removed_unless_resumable, write_sample
@@ -61,19 +62,41 @@ def _train(task: Task, config: TrainingConfig, resume_dir: Path | None) -> Path:
     if config.deterministic:
         make_deterministic()
     # Generated data (an embedded demo) is made in a scratch folder, then kept in the run folder.
+    source = taken = None
+    if resume_dir is None and config.init_from:
+        # Fine-tuning: the source fixes the network's options before the data are read (normalisation).
+        source = find_source(config.init_from)
+        config, taken = take_options(config, task, source)
     with nullcontext() if resume_dir is not None else tempfile.TemporaryDirectory(prefix="bkz-") as scratch:
         data = task.load_data(config, resume_dir=resume_dir, scratch=scratch and Path(scratch))
+        if source is not None:
+            check_fits(source, task.build_model(config, data.channels), channels=data.channels)
         run_dir = resume_dir or new_run_dir(config, task.name)
         with removed_unless_resumable(run_dir) if resume_dir is None else nullcontext():
             if resume_dir is None:
                 task.keep_data(data, run_dir)
                 write_json(run_dir / CONFIG_FILE, config.model_dump(mode="json"))
-            _fit_and_evaluate(task, config, data, run_dir, resume=resume_dir is not None)
+                if source is not None:
+                    record_source(run_dir, source, taken)
+            _fit_and_evaluate(
+                task,
+                config,
+                data,
+                run_dir,
+                resume=resume_dir is not None,
+                initial_weights=source and source.weights,
+            )
     return run_dir
 
 
 def _fit_and_evaluate(
-    task: Task, config: TrainingConfig, data: TaskData, run_dir: Path, *, resume: bool
+    task: Task,
+    config: TrainingConfig,
+    data: TaskData,
+    run_dir: Path,
+    *,
+    resume: bool,
+    initial_weights: list | None = None,
 ) -> None:
     precision = set_precision(config.precision)
     devices = make_devices(config.distribute, batch_size=config.batch_size)
@@ -89,6 +112,8 @@ def _fit_and_evaluate(
                 if resume
                 else task.build_model(config, data.channels)
             )
+            if initial_weights is not None and not resume:
+                model.set_weights(initial_weights)
         first_epoch = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // config.steps_per_epoch
         batches = task.training_data(config, data, run_dir, first_epoch=first_epoch)
         try:

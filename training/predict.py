@@ -1,4 +1,5 @@
-"""`python -m training.predict RUN_DIR INPUT... --out OUT_DIR`: apply a trained run to new images.
+"""`python -m training.predict RUN_DIR INPUT... --out OUT_DIR`: apply a trained run, or a shipped model by
+its name (`python -m training.predict nuclei IMAGES/ --out OUT/`), to new images.
 
 Each input image NAME gives the files of the run's task: for segmentation `NAME_probabilities.tif`
 (float32, classes background / interior / boundary as ImageJ channels) and `NAME_labels.tif` (instance
@@ -26,6 +27,7 @@ from training.images import IMAGE_SUFFIXES, list_images
 from training.task import Task
 from training.tasks import get_task
 from training.upgrade import current_config
+from zoo.pretrained import resolve_run
 
 
 class PredictOptions(BaseModel):
@@ -34,7 +36,9 @@ class PredictOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_dir: Path = Field(
-        description="run folder of a training command", json_schema_extra={"positional": True}
+        description="run folder of a training command, or the name of a shipped model (python -m "
+        "zoo.pretrained lists them)",
+        json_schema_extra={"positional": True},
     )
     inputs: list[Path] = Field(
         min_length=1, description="image files or folders of images", json_schema_extra={"positional": True}
@@ -108,7 +112,8 @@ def predict_files(options: PredictOptions) -> list[str]:
         raise UserInputError(
             f"--precision {options.precision} needs --engine keras (onnxruntime computes in float32)"
         )
-    task, config, model = load_run(options.run_dir, options.checkpoint)
+    run_dir = resolve_run(options.run_dir)
+    task, config, model = load_run(run_dir, options.checkpoint)
     updates = {
         key: getattr(options, key) for key in ("tile_size", "tta") if getattr(options, key) is not None
     }
@@ -129,9 +134,7 @@ def predict_files(options: PredictOptions) -> list[str]:
             problems.append(f"{existing[0]}: exists already (use --overwrite to replace it)")
             continue
         try:
-            task.predict_file(
-                path, options.out, run_dir=options.run_dir, config=config, model=model, runner=runner
-            )
+            task.predict_file(path, options.out, run_dir=run_dir, config=config, model=model, runner=runner)
         except UserInputError as error:
             problems.append(str(error))
     return problems

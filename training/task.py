@@ -24,6 +24,9 @@ import numpy as np
 from export.declaration import Declaration
 from training.config import TrainingConfig
 
+# The options of the zoo's U-Net builders that every task has: each fixes the shapes of the weights.
+NETWORK_OPTIONS = ("model", "depth", "base_filters", "kernel_size", "batch_norm")
+
 
 @dataclass
 class TaskData:
@@ -51,6 +54,9 @@ class Task:
     options: ClassVar[type[TrainingConfig]]  # the options class; its `task` field equals `name`
     summary: ClassVar[str]  # what the training command does, for its --help
     results_checkpoint: ClassVar[str]  # "best" or "last": the checkpoint evaluated, predicted, exported
+    # Options a fine-tuned run (--init-from) takes from its source: those that shape the network or what
+    # its weights mean (normalisation, classes).
+    source_options: ClassVar[tuple[str, ...]] = ()
 
     # === Data ===
     def load_data(self, config: TrainingConfig, *, resume_dir: Path | None, scratch: Path | None) -> TaskData:
@@ -118,6 +124,7 @@ def training_lines(config: TrainingConfig, *, data: str) -> list[str]:
         f"- Data: {data}",
         f"- Network: {c.model}, depth {c.depth}, {c.base_filters} filters in the first level, batch norm "
         f"{'on' if c.batch_norm else 'off'}",
+        *([f"- Fine-tuned from: {c.init_from}"] if c.init_from else []),
         f"- Optimisation: {c.epochs} epochs x {c.steps_per_epoch} steps, batch {c.batch_size}, patches of "
         f"{c.patch_size} px, learning rate {c.learning_rate} ({c.lr_schedule} schedule), seed {c.seed}",
     ]

@@ -28,7 +28,7 @@ from training.data import SPLITS, PairLayout, PairSplit, find_pairs, keep_split,
 from training.files import write_json
 from training.images import read_image
 from training.pipeline import grid_patches, training_batches
-from training.task import Task, TaskData, TrainingData, training_lines
+from training.task import NETWORK_OPTIONS, Task, TaskData, TrainingData, training_lines
 from zoo import build_model
 
 CARE = Citation(
@@ -156,6 +156,7 @@ class CareTask(Task):
         "a run folder. With no --data: tiles of scikit-image's `cell` image with added Gaussian noise."
     )
     results_checkpoint = "best"
+    source_options = (*NETWORK_OPTIONS, "residual")
 
     def load_data(self, config: CareConfig, *, resume_dir: Path | None, scratch: Path | None) -> PairData:
         if resume_dir is not None:

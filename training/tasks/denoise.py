@@ -26,7 +26,7 @@ from training.files import write_json
 from training.masking import MaskedLoss, blind_spot_mask
 from training.noisy_images import NoisyImage, check_sizes, embedded_demo, load_noisy_images, split_images
 from training.pipeline import grid_patches, training_batches
-from training.task import Task, TaskData, TrainingData, training_lines
+from training.task import NETWORK_OPTIONS, Task, TaskData, TrainingData, training_lines
 from zoo import build_model
 
 N2V = Citation(
@@ -197,6 +197,7 @@ class DenoiseTask(Task):
     # N2V's validation loss compares predictions with noisy pixels, so its minimum is a noisy pick; the
     # last checkpoint, whose weights are averaged over the last steps (`average_steps`), is steadier.
     results_checkpoint = "last"
+    source_options = (*NETWORK_OPTIONS, "residual", "independent_channels")
 
     def load_data(self, config: DenoiseConfig, *, resume_dir: Path | None, scratch: Path | None) -> NoisyData:
         if resume_dir is not None:

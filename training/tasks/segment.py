@@ -25,7 +25,7 @@ from base.run_folder import (
     read_record,
 )
 from export import processing
-from export.declaration import Citation, Declaration, Tensor
+from export.declaration import Citation, Declaration, Instances, Tensor
 from training.callbacks import adam
 from training.config import PairSplitOptions, TrainingConfig, UNetOptions
 from training.data import SPLITS, PairSplit, Sample, find_pairs, keep_split, load_samples, recorded_split
@@ -42,7 +42,7 @@ from training.metrics import format_metrics_table
 from training.pipeline import grid_patches, training_batches
 from training.synthetic import write_synthetic_dataset
 from training.targets import CLASS_NAMES
-from training.task import Task, TaskData, TrainingData, training_lines
+from training.task import NETWORK_OPTIONS, Task, TaskData, TrainingData, training_lines
 from training.tiling import predict_with_geometry
 from zoo import build_model, model_geometry
 
@@ -151,6 +151,7 @@ class SegmentTask(Task):
         "everything in a run folder."
     )
     results_checkpoint = "best"
+    source_options = (*NETWORK_OPTIONS, "upsampling", "boundary_width", "percentile_low", "percentile_high")
 
     def load_data(
         self, config: SegmentConfig, *, resume_dir: Path | None, scratch: Path | None
@@ -296,6 +297,8 @@ class SegmentTask(Task):
             "images).",
         ]
         channels = int(np.load(run_dir / SAMPLE_FILE, mmap_mode="r").shape[-1])
+        # The thresholds prediction uses, for the package's ImageJ macro (cells in Fiji).
+        thresholds = self.prediction_config(run_dir, config)
         return Declaration(
             task=self.name,
             checkpoint=self.results_checkpoint,
@@ -322,6 +325,7 @@ class SegmentTask(Task):
                 config, data=config.data or "the embedded synthetic nuclei dataset of bioimage-keras-zoo"
             ),
             validation=validation,
+            instances=Instances(**{key: getattr(thresholds, key) for key in POSTPROCESSING_KEYS}),
         )
 
     def prediction_config(self, run_dir: Path, config: SegmentConfig) -> SegmentConfig:
