@@ -165,10 +165,12 @@ nucleus interior or nucleus boundary; a seeded watershed turns the classes into 
 ## Use
 
     python -m training.predict nuclei IMAGES/ --out OUT/          # NAME_labels.tif for each image
-    python -m training.segment --data MY_DATA --init-from nuclei  # fine-tune on your annotations
+    python -m training.segment --data MY_DATA --init-from nuclei --learning-rate 1e-4  # fine-tune
     python -m export nuclei --out nuclei.zip                      # bioimage.io package (Fiji, ilastik)
 
 Images are normalised per image between their 1st and 99.8th percentiles, so any bit depth works.
+In Fiji, install the exported package with deepImageJ: its ImageJ macro `instances.ijm` turns the
+probabilities into a 16-bit label image with the thresholds below (the package's documentation says how).
 
 ## Data
 

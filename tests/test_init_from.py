@@ -131,3 +131,24 @@ def test_resume_does_not_take_another_source(source_run: Path, capsys: pytest.Ca
     assert segment.main(["--resume", str(source_run), "--init-from", str(source_run)]) == 2
     errors = _errors(capsys)
     assert len(errors) == 1 and "cannot change init_from when resuming" in errors[0]
+
+
+@pytest.mark.parametrize("task", ["denoise", "care"])
+def test_the_restoration_tasks_fine_tune_from_their_own_runs(task: str, tmp_path: Path):
+    """Every task takes --init-from: a restoration run (the embedded demo, tiny) starts another."""
+    from test_care import TINY_CARE_FLAGS
+    from test_predict_cli import TINY_DENOISE
+
+    from training import care
+
+    main, flags = {"denoise": (denoise.main, TINY_DENOISE), "care": (care.main, list(TINY_CARE_FLAGS))}[task]
+    out = ["--out-dir", str(tmp_path)]
+    assert main([*flags, *out, "--run-name", "source", "--depth", "2"]) == 0
+    source = tmp_path / "source"
+    checkpoint = "last.keras" if task == "denoise" else "best.keras"
+    drop_depth = [*_drop(tuple(flags), "--depth"), *out, "--run-name", "tuned", "--init-from", str(source)]
+    assert main([*drop_depth, *FROZEN]) == 0
+    record = json.loads((tmp_path / "tuned" / "init.json").read_text())
+    assert (record["task"], record["options_taken"]["depth"]) == (task, 2)
+    before, after = _trainable(source / checkpoint), _trainable(tmp_path / "tuned" / "last.keras")
+    assert max(float(np.abs(a - b).max()) for a, b in zip(before, after, strict=True)) < 1e-5

@@ -26,7 +26,7 @@ def test_a_shipped_model_is_a_small_documented_run_folder(name: str):
     assert (folder / "best.keras").stat().st_size <= SIZE_LIMIT
     card = (folder / CARD_FILE).read_text()
     # The card names the data, its licence, the command that trained it and the test scores.
-    for needed in ("CC0", "bench/pretrain_nuclei.py", "F1 at IoU 0.5"):
+    for needed in ("CC0", "python bench/", "F1 at IoU 0.5"):
         assert needed in card, needed
     metrics = json.loads((folder / "metrics.json").read_text())
     assert f"{metrics['instances']['f1_at_0.5']:.3f}" in card
