@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import keras
 
+from zoo.receptive_field import ELEMENTWISE_MERGE
+
 # Layers with a `data_format` that computes the same in either layout.
 _SPATIAL = (
     keras.layers.Conv2D,
@@ -31,16 +33,7 @@ _SPATIAL = (
     keras.layers.Cropping2D,
 )
 # Layers that act on each element, or on several tensors element by element: any layout.
-_ELEMENTWISE = (
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Multiply,
-    keras.layers.Average,
-    keras.layers.Maximum,
-    keras.layers.Minimum,
-    keras.layers.Dropout,
-    keras.layers.ReLU,
-)
+_ELEMENTWISE = (*ELEMENTWISE_MERGE, keras.layers.Dropout, keras.layers.ReLU)
 # Activations applied to each element alone (softmax, for one, reads the last axis).
 _ELEMENTWISE_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "elu", "selu", "gelu", "silu", "swish")
 _CHANNEL_AXES = (-1, 3)

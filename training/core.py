@@ -61,12 +61,12 @@ def _train(task: Task, config: TrainingConfig, resume_dir: Path | None) -> Path:
     set_random_seed(config.seed)
     if config.deterministic:
         make_deterministic()
-    # Generated data (an embedded demo) is made in a scratch folder, then kept in the run folder.
     source = taken = None
     if resume_dir is None and config.init_from:
         # Fine-tuning: the source fixes the network's options before the data are read (normalisation).
         source = find_source(config.init_from)
         config, taken = take_options(config, task, source)
+    # Generated data (an embedded demo) is made in a scratch folder, then kept in the run folder.
     with nullcontext() if resume_dir is not None else tempfile.TemporaryDirectory(prefix="bkz-") as scratch:
         data = task.load_data(config, resume_dir=resume_dir, scratch=scratch and Path(scratch))
         if source is not None:
@@ -112,7 +112,7 @@ def _fit_and_evaluate(
                 if resume
                 else task.build_model(config, data.channels)
             )
-            if initial_weights is not None and not resume:
+            if initial_weights is not None:  # a new fine-tuned run (never given on resume)
                 model.set_weights(initial_weights)
         first_epoch = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // config.steps_per_epoch
         batches = task.training_data(config, data, run_dir, first_epoch=first_epoch)

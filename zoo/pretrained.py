@@ -39,15 +39,9 @@ from base.run_folder import (
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 CARD_FILE = "README.md"
-# The files of a run folder that a shipped model keeps (those present), besides its checkpoint and card.
-KEPT_FILES = (
-    CONFIG_FILE,
-    POSTPROCESSING_FILE,
-    NORMALIZATION_FILE,
-    METRICS_FILE,
-    SAMPLE_FILE,
-    DECLARATION_FILE,
-)
+# The files of a run folder that a shipped model copies as they are (those present); its checkpoint,
+# config.json and declaration.json are rewritten, its card is new.
+KEPT_FILES = (POSTPROCESSING_FILE, NORMALIZATION_FILE, METRICS_FILE, SAMPLE_FILE)
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ _POINTWISE = (
     keras.layers.Rescaling,
     ChannelSlice,
 )
-_MERGE = (
-    keras.layers.Concatenate,
+# Layers that combine several tensors element by element (export.layout reuses them).
+ELEMENTWISE_MERGE = (
     keras.layers.Add,
     keras.layers.Subtract,
     keras.layers.Multiply,
@@ -43,6 +43,7 @@ _MERGE = (
     keras.layers.Maximum,
     keras.layers.Minimum,
 )
+_MERGE = (keras.layers.Concatenate, *ELEMENTWISE_MERGE)
 
 
 @dataclass(frozen=True)
