@@ -1,5 +1,5 @@
-"""Which split `training.data.find_pairs` uses when a data folder offers several: an explicit `--split-csv`
-or `DATA/index.csv` wins over `train/ val/ test/` sub-folders, which win over a random split."""
+"""Which split `training.data.find_pairs` uses: an explicit `--split-csv`, else `DATA/index.csv`, else
+`train/ val/ test/` sub-folders, else a seeded random split; a CSV beside sub-folders is refused."""
 
 from __future__ import annotations
 
@@ -37,7 +37,26 @@ def both_layouts(tiny_segment_data: Path, tmp_path: Path) -> Path:
     return data
 
 
-def test_index_csv_wins_over_sub_folders(both_layouts: Path) -> None:
+@pytest.mark.parametrize("explicit", [False, True], ids=["index.csv", "--split-csv"])
+def test_a_split_csv_beside_sub_folders_is_refused_as_two_splits(
+    both_layouts: Path, tmp_path: Path, explicit: bool
+) -> None:
+    """A CSV and train/ val/ test/ sub-folders split one folder two ways; neither wins in silence."""
+    csv_file = both_layouts / "index.csv"
+    if explicit:
+        csv_file = Path(shutil.move(csv_file, tmp_path / "other.csv"))
+
+    with pytest.raises(UserInputError) as refused:
+        find_pairs(both_layouts, split_csv=csv_file if explicit else None)
+
+    assert str(refused.value).startswith(f"{csv_file}: a split CSV")
+    assert "train/ val/ test/ sub-folders" in str(refused.value)
+
+
+def test_index_csv_splits_the_images_folder(both_layouts: Path) -> None:
+    for name in ("train", "val"):
+        shutil.rmtree(both_layouts / name)
+
     split = find_pairs(both_layouts)
 
     assert split.source == str(both_layouts / "index.csv")
@@ -48,13 +67,15 @@ def test_index_csv_wins_over_sub_folders(both_layouts: Path) -> None:
     )
 
 
-def test_an_explicit_split_csv_wins_over_sub_folders(both_layouts: Path, tmp_path: Path) -> None:
+def test_an_explicit_split_csv_wins_over_index_csv(both_layouts: Path, tmp_path: Path) -> None:
+    for name in ("train", "val"):
+        shutil.rmtree(both_layouts / name)
     other = tmp_path / "other.csv"
     names = sorted(p.stem for p in (both_layouts / "images").iterdir())
     other.write_text(
         "name,split\n" + "".join(f"{n},{'val' if i == 0 else 'train'}\n" for i, n in enumerate(names))
     )
-    (both_layouts / "index.csv").unlink()
+    assert _csv_split(both_layouts)["val"] != [f"{names[0]}.tif"], "index.csv splits otherwise"
 
     split = find_pairs(both_layouts, split_csv=other)
 
@@ -74,6 +95,8 @@ def test_sub_folders_are_the_split_without_a_csv(both_layouts: Path) -> None:
 
 
 def test_a_csv_that_leaves_an_image_out_is_refused(both_layouts: Path) -> None:
+    for name in ("train", "val"):
+        shutil.rmtree(both_layouts / name)
     rows = (both_layouts / "index.csv").read_text().splitlines()
     (both_layouts / "index.csv").write_text("\n".join(rows[:-1]) + "\n")
 

@@ -11,7 +11,9 @@ import tifffile
 
 import zoo  # noqa: F401  (registers the custom layers for loading)
 from training.denoise import main
+from training.masking import blind_spot_mask
 from training.restoration import image_quality
+from training.tasks import denoise as denoise_task
 from training.tasks.denoise import N2V, N2V2, STRUCT_N2V
 from zoo.layers import MaxBlurPool2D
 
@@ -162,8 +164,31 @@ def test_n2v2_through_the_command_line_trains_and_declares_n2v2(tmp_path):
     assert "n2v2" in declared["tags"] and declared["name"].startswith("N2V2")
 
 
-def test_struct_axis_through_the_command_line_is_recorded_and_cites_struct_n2v(tmp_path):
+def test_struct_axis_through_the_command_line_hides_lines_in_the_training_masks(tmp_path, monkeypatch):
+    """--struct-axis 1 --struct-span 2 reach the masks training uses (the two pixels left and right of
+    every masked pixel are hidden too, the ones above and below are not), config.json and the citations."""
+    calls = []
+
+    def recording_mask(patches, seed, **options):
+        masked, target = blind_spot_mask(patches, seed, **options)
+        calls.append((np.asarray(patches, np.float32), masked, target))
+        return masked, target
+
+    monkeypatch.setattr(denoise_task, "blind_spot_mask", recording_mask)
     run = _run(tmp_path, "--struct-axis", "1", "--struct-span", "2")
+
+    assert calls
+    along_x = across = 0
+    for patches, masked, target in calls:
+        hidden = masked != patches
+        b, y, x, _ = np.nonzero(target[..., 1:] == 1)  # the centres (the target's mask channel)
+        for offset in (-2, -1, 1, 2):
+            inside = (x + offset >= 0) & (x + offset < patches.shape[2])
+            along_x += (~hidden[b[inside], y[inside], x[inside] + offset, 0]).sum()
+            inside = (y + offset >= 0) & (y + offset < patches.shape[1])
+            across += hidden[b[inside], y[inside] + offset, x[inside], 0].mean()
+    assert along_x == 0  # every pixel of every line is hidden (random values never equal the originals)
+    assert across / (4 * len(calls)) < 0.1  # the control: the line runs along x, not y
 
     config = json.loads((run / "config.json").read_text())
     assert (config["struct_axis"], config["struct_span"]) == (1, 2)

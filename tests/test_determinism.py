@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tifffile
 
+import training.losses  # noqa: F401  (registers the loss the checkpoints were compiled with)
 import zoo  # noqa: F401  (registers the custom layers the checkpoints use)
 from training import denoise, segment
 

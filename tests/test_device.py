@@ -1,5 +1,7 @@
-"""`training.device` on TensorFlow: the precision policy (`set_precision`) and the distribution strategy
-(`make_devices`). JAX and PyTorch: tests/test_backends.py.
+"""`training.device` on TensorFlow: the precision policy (`set_precision`), the distribution strategy
+(`make_devices`), the GPU count, the training input (`fit_input`), seeding, determinism and joining
+processes (the JAX branches of the last four with `backend()` patched, or in a JAX process). Training on
+JAX and PyTorch: tests/test_backends.py.
 
 The GPU branches run on any machine: the devices TensorFlow lists are replaced by fakes, and so is
 `tf.distribute.MirroredStrategy` where fake devices would reach it (it records the devices it was given).
@@ -8,7 +10,15 @@ The CPU branches run for real. Multi-replica training itself: tests/test_distrib
 
 from __future__ import annotations
 
+import inspect
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
+import numpy as np
 import pytest
 
 if keras.backend.backend() != "tensorflow":
@@ -19,7 +29,10 @@ if keras.backend.backend() != "tensorflow":
 import tensorflow as tf
 
 from base.errors import UserInputError
+from training import device
 from training.device import make_devices, set_precision
+
+REPO = Path(__file__).parents[1]
 
 
 def make_strategy(distribute: str, *, batch_size: int):
@@ -184,3 +197,166 @@ def test_a_batch_not_divisible_by_the_replicas_is_refused(gpus, mirrored, replic
 def test_a_batch_divisible_by_the_replicas_is_accepted(gpus, mirrored, replicas, batch_size):
     gpus(replicas)
     assert make_strategy("auto", batch_size=batch_size).num_replicas_in_sync == replicas
+
+
+# === GPU count, training input, seeds, determinism, joining processes ===
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_gpu_count_is_what_tensorflow_lists(gpus, count):
+    """On TensorFlow the count is the physical GPUs it lists (fakes here), whatever they are."""
+    gpus(count)
+    assert device.gpu_count() == count
+
+
+class _Batches:
+    """Three (image, target) batches; counts the streams started on it (its `__iter__` calls)."""
+
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.items = [
+            (rng.random((2, 8, 8, 1), dtype=np.float32), rng.integers(0, 3, (2, 8, 8)).astype(np.int32))
+            for _ in range(3)
+        ]
+        self.streams = 0
+
+    def __iter__(self):
+        self.streams += 1
+        yield from self.items  # a generator, as the training batches are
+
+
+def _assert_same_batches(got, expected) -> None:
+    got = [tuple(np.asarray(array) for array in batch) for batch in got]
+    assert len(got) == len(expected)
+    for got_batch, expected_batch in zip(got, expected, strict=True):
+        for a, b in zip(got_batch, expected_batch, strict=True):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+
+
+def test_fit_input_on_tensorflow_is_a_dataset_that_starts_the_batches_anew_each_time():
+    """A tf.data.Dataset typed from the first batch; each iteration (as a strategy may do more than once)
+    is a new stream over `batches` giving every batch, in order; the shape peek starts one stream only."""
+    batches = _Batches()
+    dataset = device.fit_input(batches)
+    assert isinstance(dataset, tf.data.Dataset)
+    assert batches.streams == 1  # the peek at the first batch
+    spec = dataset.element_spec
+    assert [(s.shape.as_list(), s.dtype) for s in spec] == [([2, 8, 8, 1], tf.float32), ([2, 8, 8], tf.int32)]
+    _assert_same_batches(dataset, batches.items)
+    _assert_same_batches(dataset, batches.items)
+    assert batches.streams == 3
+
+
+def test_fit_input_on_the_other_backends_is_a_generator_over_the_batches(monkeypatch):
+    """JAX and PyTorch get a plain generator (Keras takes no other iterable), no TensorFlow dataset."""
+    monkeypatch.setattr(device, "backend", lambda: "jax")
+    batches = _Batches()
+    stream = device.fit_input(batches)
+    assert inspect.isgenerator(stream)
+    _assert_same_batches(stream, batches.items)
+
+
+def test_one_seed_gives_the_same_python_numpy_and_keras_draws():
+    """`set_random_seed` seeds Python's, numpy's and Keras's generators; another seed draws otherwise."""
+
+    def draws(seed: int) -> tuple:
+        device.set_random_seed(seed)
+        legacy = np.random.rand()  # noqa: NPY002  (the global generator is what it seeds)
+        return random.random(), legacy, keras.ops.convert_to_numpy(keras.random.normal((3,)))
+
+    first, again, other = draws(4), draws(4), draws(5)
+    assert first[:2] == again[:2] and first[:2] != other[:2]
+    np.testing.assert_array_equal(first[2], again[2])
+    assert not np.array_equal(first[2], other[2])
+
+
+def test_seeding_on_another_backend_does_not_load_tensorflow():
+    """On JAX, `set_random_seed` seeds numpy without importing TensorFlow (a fresh process: here it is
+    loaded already), and a later seeding does not load it either."""
+    script = (
+        "import sys, numpy as np\n"
+        "from training.device import backend, set_random_seed\n"
+        "set_random_seed(3); a = np.random.rand()\n"
+        "set_random_seed(3); b = np.random.rand()\n"
+        "assert backend() == 'jax' and a == b, (backend(), a, b)\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    process = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+
+
+@pytest.fixture
+def op_determinism():
+    """TensorFlow's op determinism, off during the test and as it was afterwards."""
+    from tensorflow.python.framework import config as tf_config
+
+    was = tf_config.is_op_determinism_enabled()
+    tf_config.disable_op_determinism()
+    yield tf_config.is_op_determinism_enabled
+    (tf_config.enable_op_determinism if was else tf_config.disable_op_determinism)()
+
+
+def test_make_deterministic_turns_on_tensorflow_op_determinism(op_determinism):
+    """On TensorFlow: op determinism goes from off to on."""
+    assert not op_determinism()
+    device.make_deterministic()
+    assert op_determinism()
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, "--xla_gpu_deterministic_ops=true"),
+        (
+            "--xla_force_host_platform_device_count=2",
+            "--xla_force_host_platform_device_count=2 --xla_gpu_deterministic_ops=true",
+        ),
+        ("--xla_gpu_deterministic_ops=false", "--xla_gpu_deterministic_ops=false"),  # the user's choice
+    ],
+)
+def test_make_deterministic_on_jax_asks_xla_for_deterministic_ops_keeping_other_flags(
+    monkeypatch, op_determinism, before, after
+):
+    """On JAX: XLA_FLAGS gains --xla_gpu_deterministic_ops=true once, beside the flags already set;
+    TensorFlow's switch is left alone."""
+    monkeypatch.setattr(device, "backend", lambda: "jax")
+    if before is None:
+        monkeypatch.delenv("XLA_FLAGS", raising=False)
+    else:
+        monkeypatch.setenv("XLA_FLAGS", before)
+    device.make_deterministic()
+    device.make_deterministic()
+    assert os.environ["XLA_FLAGS"] == after
+    assert not op_determinism()
+
+
+@pytest.fixture
+def initialize_calls(monkeypatch) -> list[int]:
+    """Records the calls of `keras.distribution.initialize` (none really made); `_joined` starts False."""
+    calls = []
+    monkeypatch.setattr(keras.distribution, "initialize", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(device, "_joined", False)
+    return calls
+
+
+def test_joining_on_jax_multiworker_initializes_the_distribution_once(monkeypatch, initialize_calls):
+    """JAX with multiworker: `keras.distribution.initialize` once, however often the core asks."""
+    monkeypatch.setattr(device, "backend", lambda: "jax")
+    device.join_processes("multiworker")
+    device.join_processes("multiworker")
+    assert initialize_calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("backend", "distribute"),
+    [("jax", "none"), ("jax", "mirrored"), ("jax", "auto"), ("tensorflow", "multiworker")],
+)
+def test_joining_is_nothing_elsewhere(monkeypatch, initialize_calls, backend, distribute):
+    """Other distributions, or TensorFlow (which connects when its strategy is made): no initialize."""
+    monkeypatch.setattr(device, "backend", lambda: backend)
+    device.join_processes(distribute)
+    assert initialize_calls == []

@@ -5,6 +5,10 @@ small wrapper (`KILLER` below) that patches `os.replace` or `zipfile.ZipFile.wri
 and kills the child at the N-th call: after a checkpoint's temporary file is written but before it is
 renamed, or half-way through writing a checkpoint or the package zip. After every kill, every file in the
 run folder must be complete, and `--resume` must finish the run with each epoch exactly once.
+
+The full disk and the read-only folder are small tmpfs mounts, made where `mount` works (as root) and
+skipped elsewhere; a write refused by the file-size limit (RLIMIT_FSIZE) takes the same failure path of
+the atomic writes without root or mount, so that path is tested on every machine.
 """
 
 from __future__ import annotations
@@ -312,3 +316,45 @@ def test_a_read_only_folder_is_refused_clearly(small_disk, tiny_segment_flags, t
     errors = _error_lines(capsys)
     assert errors and all("Read-only file system" in e for e in errors)
     assert list((small_disk / "predictions").iterdir()) == []
+
+
+# === A write the system refuses, without mount ===
+
+
+@pytest.fixture
+def file_size_limit():
+    """`limit(n)` caps the size of every file this process writes at n bytes (RLIMIT_FSIZE: a longer write
+    fails with EFBIG, as a full disk fails with ENOSPC, and SIGXFSZ is ignored so that it is an error, not
+    a kill). Needs no root and no mount, so the failure paths of atomic writes are tested everywhere; the
+    limit and the signal's handler are restored afterwards."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    yield lambda size: resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_checkpoint_or_history_write_the_system_refuses_keeps_the_previous_version(
+    tmp_path, file_size_limit
+):
+    """A refused write (here: past the file-size limit) is a one-line error naming the file and the
+    system's reason; the previous checkpoint and history stay as they were, and no temporary is left."""
+    from base.errors import UserInputError
+    from training.callbacks import save_model_atomic
+    from training.files import write_atomic
+
+    small = zoo.build_model("unet", depth=1, base_filters=4)
+    bigger = zoo.build_model("unet", depth=2, base_filters=8)
+    save_model_atomic(small, tmp_path / "last.keras")
+    write_atomic(tmp_path / "history.csv", "epoch,loss\n1,0.5\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    file_size_limit(len(before["last.keras"]) + 16 * 1024)  # room for the first checkpoint, not the next
+    with pytest.raises(UserInputError, match=r"last\.keras: cannot write it \(File too large\)") as caught:
+        save_model_atomic(bigger, tmp_path / "last.keras")
+    assert "earlier version of it is unchanged" in str(caught.value)
+    with pytest.raises(UserInputError, match=r"history\.csv: cannot write it \(File too large\)"):
+        write_atomic(tmp_path / "history.csv", "x" * 1_000_000)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

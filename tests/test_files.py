@@ -137,3 +137,27 @@ def test_a_write_into_a_read_only_folder_names_the_file(read_only_folder):
     assert message.startswith(f"{path}: cannot write it (") and "\n" not in message
     assert "Read-only file system" in message or "Permission denied" in message
     assert list(read_only_folder.iterdir()) == []
+
+
+def test_write_atomic_syncs_the_data_to_disk_before_the_rename(tmp_path, monkeypatch):
+    """The temporary's bytes are fsynced before it is renamed onto the target, so a crash after the
+    rename cannot leave a target whose data never reached the disk."""
+    from training import files
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source, target):
+        events.append(("replace", str(source)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    write_atomic(tmp_path / "history.csv", "epoch,loss\n")
+    assert [kind for kind, _ in events] == ["fsync", "replace"]
+    assert events[0][1] == events[1][1]  # the file synced is the one renamed
+    assert (tmp_path / "history.csv").read_text() == "epoch,loss\n"

@@ -1,5 +1,6 @@
 """`training.runs`: a new run folder is never an old one, a failed run leaves no folder unless it can be
-resumed, and the run's sample image is a centred crop of at most 256 x 256."""
+resumed, a resumed run takes its recorded config with only the resumable options changed and removes the
+temporaries of the killed process, and the run's sample image is a centred crop of at most 256 x 256."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 from base.errors import UserInputError
 from base.run_folder import LAST_CHECKPOINT, SAMPLE_FILE, SAMPLE_SIZE
 from training import runs
-from training.config import TrainingConfig
-from training.runs import new_run_dir, removed_unless_resumable, write_sample
+from training.config import RESUMABLE_OVERRIDES, TrainingConfig
+from training.runs import new_run_dir, removed_unless_resumable, resumed_config, write_sample
 
 
 @pytest.fixture
@@ -146,3 +147,62 @@ def test_the_sample_keeps_the_raw_pixel_type(tmp_path):
     sample = np.load(tmp_path / SAMPLE_FILE, allow_pickle=False)
     assert sample.dtype == np.uint16
     np.testing.assert_array_equal(sample, image[22:278, 22:278])
+
+
+# === resumed_config ===
+
+
+def _resumable(tmp_path) -> tuple:
+    """A run folder with a checkpoint, and the values of its config.json."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / LAST_CHECKPOINT).write_bytes(b"checkpoint")
+    values = TrainingConfig(epochs=5, batch_size=6, learning_rate=0.01, out_dir=str(tmp_path)).model_dump()
+    return run_dir, values
+
+
+def test_resuming_a_folder_without_a_last_checkpoint_is_refused(tmp_path):
+    """No last.keras: a one-line refusal naming the folder and the missing file."""
+    run_dir, values = _resumable(tmp_path)
+    (run_dir / LAST_CHECKPOINT).unlink()
+    with pytest.raises(UserInputError) as caught:
+        resumed_config(run_dir, TrainingConfig, values, {})
+    assert str(caught.value) == f"{run_dir}: not a resumable run folder (missing {LAST_CHECKPOINT})"
+
+
+def test_resuming_takes_the_recorded_config_with_the_resumable_overrides(tmp_path):
+    """The recorded values stay, an override of a resumable option (epochs, export) replaces its value."""
+    run_dir, values = _resumable(tmp_path)
+    config = resumed_config(run_dir, TrainingConfig, values, {"epochs": 9, "export": False})
+    assert isinstance(config, TrainingConfig)
+    assert (config.epochs, config.export) == (9, False)
+    assert (config.batch_size, config.learning_rate, config.out_dir) == (6, 0.01, str(tmp_path))
+
+
+def test_resuming_with_another_value_of_a_fixed_option_is_refused_naming_it(tmp_path):
+    """An override outside RESUMABLE_OVERRIDES is refused, every such option named and the allowed ones
+    listed; the config is not built and nothing in the folder is touched."""
+    run_dir, values = _resumable(tmp_path)
+    stale = run_dir / ".history.csv.abc123"
+    stale.write_text("half")
+    with pytest.raises(UserInputError) as caught:
+        resumed_config(run_dir, TrainingConfig, values, {"learning_rate": 0.1, "epochs": 9, "batch_size": 2})
+    allowed = ", ".join(sorted(RESUMABLE_OVERRIDES))
+    assert str(caught.value) == (
+        f"{run_dir}: cannot change batch_size, learning_rate when resuming (only {allowed})"
+    )
+    assert stale.exists()
+
+
+def test_resuming_removes_the_temporaries_of_the_killed_run_and_keeps_finished_files(tmp_path, capsys):
+    """Temporaries of atomic writes (`.NAME.<random>`, `*.partial.keras`) go, each one reported; the
+    checkpoint, finished files and other hidden files stay."""
+    run_dir, values = _resumable(tmp_path)
+    stale = [".history.csv.x1y2", ".last.keras.q9w8.partial.keras", ".state.json.k3"]
+    kept = [LAST_CHECKPOINT, "history.csv", ".hidden-notes", "notes.txt"]
+    for name in stale + kept[1:]:
+        (run_dir / name).write_text(name)
+    resumed_config(run_dir, TrainingConfig, values, {})
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(kept)
+    out = capsys.readouterr().out
+    assert all(f"removed {name}, a partial file of the interrupted run" in out for name in stale)

@@ -49,7 +49,8 @@ class TrainingConfig(BaseModel):
     backend: Literal["auto", "tensorflow", "jax", "torch"] = Field(
         "auto",
         description="Keras backend that trains: auto keeps KERAS_BACKEND if set, else takes the installed "
-        "backend measured fastest for this machine's device (see README); the run records the one used.",
+        "backend measured fastest for this machine's device (see docs/reference.md); the run records the "
+        "one used.",
     )
 
     init_from: str | None = Field(
@@ -113,7 +114,7 @@ class TrainingConfig(BaseModel):
         description="auto: data parallel over all GPUs when there are several; mirrored: data parallel "
         "over all GPUs, or all CPU devices when there is none (TensorFlow's MirroredStrategy, JAX's "
         "DataParallel); multiworker: over several machines (TensorFlow: TF_CONFIG; JAX: "
-        "keras.distribution.initialize; see README). PyTorch: one device only.",
+        "keras.distribution.initialize; see docs/reference.md). PyTorch: one device only.",
     )
 
     export: bool = Field(
@@ -167,7 +168,7 @@ class PairSplitOptions(BaseModel):
     split_csv: str | None = Field(
         None,
         description="CSV with columns name,split (train/val/test); default: DATA/index.csv if present, "
-        "else train/ val/ test/ sub-folders, else random.",
+        "else train/ val/ test/ sub-folders (a CSV beside them is refused), else random.",
     )
     val_fraction: float = Field(
         0.15, ge=0.0, lt=1.0, description="Fraction for validation in a random split."

@@ -2,10 +2,11 @@
 segmentation read and check every file.
 
 Layouts understood, in this order:
-1. `DATA/images/NAME.tif` + `DATA/masks/NAME.tif`, split by a CSV (`--split-csv`, or `DATA/index.csv`) with
-   columns `name` and `split` (train / val / test);
+1. `DATA/images/NAME.tif` + `DATA/masks/NAME.tif`, split by a CSV (`--split-csv`, else `DATA/index.csv`)
+   with columns `name` and `split` (train / val / test);
 2. `DATA/train/{images,masks}`, `DATA/val/...`, `DATA/test/...`: the folders are the split;
 3. `DATA/images` + `DATA/masks` with no CSV: a seeded random split.
+A CSV beside `train/` sub-folders is two splits of one folder, and refused.
 
 Other tasks with pairs of files (CARE: `low/` and `high/`) use the same layouts with their own folder
 names (`PairLayout`).
@@ -149,11 +150,17 @@ def find_pairs(
     layout: PairLayout = SEGMENTATION_LAYOUT,
 ) -> PairSplit:
     """Find the input/target pairs of `data_dir` and assign each to train, val or test: by `split_csv`
-    (or `DATA/index.csv`), else by `train/ val/ test/` sub-folders, else at random."""
+    (or `DATA/index.csv`), else by `train/ val/ test/` sub-folders, else at random; a CSV and sub-folders
+    together are refused."""
     if not data_dir.is_dir():
         raise UserInputError(f"{data_dir}: data folder not found")
     split = PairSplit(data_dir=data_dir, layout=layout)
     split_csv = split_csv or (data_dir / "index.csv" if (data_dir / "index.csv").is_file() else None)
+    if split_csv is not None and (data_dir / "train").is_dir():
+        raise UserInputError(
+            f"{split_csv}: a split CSV, and {data_dir} also has train/ val/ test/ sub-folders, which split "
+            "it otherwise; keep one of the two (move the CSV away, or the sub-folders)"
+        )
     if split_csv is None and (data_dir / "train").is_dir():
         for name in SPLITS:
             if (data_dir / name).is_dir():

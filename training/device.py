@@ -118,8 +118,8 @@ _joined = False
 
 def join_processes(distribute: str) -> None:
     """On JAX with `multiworker`, connect this process to the others (`keras.distribution.initialize`,
-    which reads KERAS_DISTRIBUTION_JOB_ADDRESSES, _NUM_PROCESSES and _PROCESS_ID; see README). JAX allows
-    it only before its first computation, so the core calls this first. Elsewhere nothing to do:
+    which reads KERAS_DISTRIBUTION_JOB_ADDRESSES, _NUM_PROCESSES and _PROCESS_ID; see docs/reference.md).
+    JAX allows it only before its first computation, so the core calls this first. Elsewhere nothing to do:
     TensorFlow connects when its strategy is made."""
     global _joined
     if distribute == "multiworker" and backend() == "jax" and not _joined:
