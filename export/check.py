@@ -257,6 +257,8 @@ def onnx_checks(path: Path, input_id: str, output_id: str) -> list[Check]:
     ]
 
 
+# pragma: no mutate start (mutation testing, bench/mutation.py, covers the guards above and below; these run a
+# real exported package, minutes per test, and the slow export tests cover them)
 def test_model_check(rdf_path: Path, weight_format: str, devices: list[str] | None = None) -> Check:
     """bioimageio.core's `test_model` of one weight format, on `devices` (its default: the CPU)."""
     from bioimageio.core import test_model
@@ -339,7 +341,8 @@ def check_package(package: Path) -> list[Check]:
         rdf = read_yaml(rdf_path)
         if not isinstance(rdf, dict) or rdf.get("type") != "model":
             raise ExportError(f"{package}: not a bioimage.io model package (rdf type {rdf.get('type')!r})")
-        checks = jdll_checks(rdf)
+        # The raw rdf is read before bioimageio.spec validates it: a malformed field fails this check.
+        checks = _guarded("JDLL: the rdf as deepImageJ reads it", jdll_checks, rdf)
         try:
             descr = load_model_description(rdf_path, perform_io_checks=True)
         except Exception as error:  # an invalid description raises (ValueError) in this spec version
@@ -373,6 +376,7 @@ def check_package(package: Path) -> list[Check]:
     return checks
 
 
+# pragma: no mutate end
 def _keras_check(keras_file: Path) -> Check:
     foreign = keras_foreign_classes(keras_file)
     return Check("Keras file uses Keras's own layers only", not foreign, ", ".join(foreign))
@@ -388,6 +392,7 @@ def _guarded(name: str, function, *args) -> list[Check]:
     return result if isinstance(result, list) else [result]
 
 
+# pragma: no mutate block (the command line around check_package)
 class CheckOptions(BaseModel):
     """Options of `python -m export check`."""
 

@@ -167,9 +167,8 @@ def test_unmasked_pixels_are_unchanged_and_target_holds_the_original(replacement
 # === structN2V ===
 
 
-@pytest.mark.parametrize("axis", [0, 1])
-def test_struct_line_hides_span_pixels_each_side_along_axis_with_values_in_patch_range(axis):
-    span = 3
+@pytest.mark.parametrize(("axis", "span"), [(0, 3), (1, 3), (0, 1)])
+def test_struct_line_hides_span_pixels_each_side_along_axis_with_values_in_patch_range(axis, span):
     patches = _noise((8, 48, 48, 1))
     masked, _, mask = _mask(patches, fraction=0.002, replacement="zero", struct_axis=axis, struct_span=span)
     expected_line = np.zeros(patches.shape, dtype=bool)
@@ -189,6 +188,25 @@ def test_struct_line_hides_span_pixels_each_side_along_axis_with_values_in_patch
     assert np.all(masked[centres] == 0.0)  # the centre keeps its own replacement
 
 
+def test_struct_line_values_are_drawn_anew_from_each_channels_whole_patch_range():
+    # Channel 0 rises along x, channel 1 along y and lies far above: a line along y (one column) must
+    # still draw from channel 0's whole range, never from its column or from the other channel's values.
+    batch, size = 16, 32
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    patches = np.empty((batch, size, size, 2), np.float32)
+    patches[..., 0] = ramp[None, None, :]
+    patches[..., 1] = 100.0 + ramp[None, :, None]
+    masked, _, mask = _mask(patches, fraction=0.01, replacement="zero", struct_axis=0, struct_span=3)
+    line = (masked != patches) & (mask == 0)
+    hidden = masked[..., 0][line[..., 0]]
+    assert hidden.size > 100
+    assert hidden.min() >= 0.0 and hidden.max() <= 1.0
+    assert np.all(masked[..., 1][line[..., 1]] >= 100.0)
+    # Uniform over [0, 1]: spread far beyond one column, and no two pixels with the same draw.
+    assert hidden.std() > 0.2
+    assert np.unique(hidden).size == hidden.size
+
+
 def test_struct_mask_marks_centres_only():
     patches = _noise((8, 48, 48, 1))
     _, _, plain_mask = _mask(patches, fraction=0.002)
@@ -196,16 +214,57 @@ def test_struct_mask_marks_centres_only():
     np.testing.assert_array_equal(struct_mask, plain_mask)
 
 
-def test_struct_centre_replacement_never_comes_from_the_hidden_line():
+@pytest.mark.parametrize("axis", [0, 1])
+def test_struct_centre_replacement_never_comes_from_the_hidden_line(axis):
     size, radius, span = 24, 2, 1
     masked, _, mask = _mask(
-        _unique_values(256, size), fraction=0.05, radius=radius, struct_axis=1, struct_span=span
+        _unique_values(256, size), fraction=0.05, radius=radius, struct_axis=axis, struct_span=span
     )
     b, y, x, _ = np.nonzero(mask)
     source_y, source_x = np.divmod(masked[b, y, x, 0].astype(int), size)
-    on_line = (source_y == y) & (np.abs(source_x - x) <= span)
-    assert not np.any(on_line)
-    assert np.any(source_y == y)  # pixels on the same row beyond the span are still allowed
+    along, across = (source_y - y, source_x - x) if axis == 0 else (source_x - x, source_y - y)
+    assert not np.any((across == 0) & (np.abs(along) <= span))
+    # Every other pixel of the window stays a candidate: the line beyond the span, and beside the line.
+    assert np.any((across == 0) & (np.abs(along) == radius))
+    assert np.any((across != 0) & (along == 0))
+
+
+def test_independent_channels_take_struct_lines_and_zero_replacement_per_channel():
+    patches = _noise((4, 32, 32, 2))
+    masked, _, mask = _mask(
+        patches, fraction=0.01, replacement="zero", struct_axis=1, struct_span=2, independent_channels=True
+    )
+    assert masked.shape == patches.shape
+    assert np.all(masked[mask == 1] == 0.0)
+    changed = masked != patches
+    # Each channel hides its own centres and lines, so the channels change in different places.
+    assert not np.array_equal(changed[..., 0], changed[..., 1])
+    assert np.array_equal(changed.sum(axis=(1, 2, 3)) > mask.sum(axis=(1, 2, 3)), [True] * 4)
+
+
+def test_default_radius_is_two():
+    size = 24
+    masked, _, mask = _mask(_unique_values(256, size), fraction=0.05)
+    b, y, x, _ = np.nonzero(mask)
+    source_y, source_x = np.divmod(masked[b, y, x, 0].astype(int), size)
+    reach = np.maximum(np.abs(source_y - y), np.abs(source_x - x))
+    assert reach.max() == 2
+
+
+def test_a_one_pixel_high_patch_mirrors_onto_its_only_row():
+    patches = np.broadcast_to(np.arange(64, dtype=np.float32), (4, 1, 64)).copy()[..., None]
+    masked, _, mask = _mask(patches, fraction=0.05)
+    b, y, x, _ = np.nonzero(mask)
+    distance = np.abs(masked[b, y, x, 0] - x)
+    assert len(b) > 0 and np.all((distance >= 1) & (distance <= 2))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float64])
+def test_patches_of_any_dtype_give_float32_outputs(dtype):
+    patches = (_noise((2, 16, 16, 1)) * 100 + 1000).astype(dtype)
+    for options in ({}, {"struct_axis": 0, "struct_span": 2}, {"replacement": "mean"}):
+        masked, target = blind_spot_mask(patches, [0], fraction=0.05, **options)
+        assert masked.dtype == np.float32 and target.dtype == np.float32
 
 
 # === Seeds and dtypes ===
@@ -267,6 +326,22 @@ def test_masked_loss_of_sample_without_masked_pixels_is_zero_not_nan():
     assert float(MaskedLoss()(y_true, np.ones((1, 4, 4, 1), dtype=np.float32))) == 0.0
 
 
+def test_masked_loss_of_one_masked_pixel_is_its_error():
+    target, mask, prediction = _hand_made_case()
+    mask[0, 1, 1, 0] = 0.0
+    y_true = np.concatenate([target, mask], axis=-1)
+    assert float(MaskedLoss()(y_true, prediction)) == pytest.approx(1.0)
+
+
+def test_masked_loss_has_its_name_and_passes_keras_options_on():
+    assert MaskedLoss().name == "masked_loss"
+    target, mask, prediction = _hand_made_case()
+    y_true = np.concatenate([np.concatenate([target, mask], axis=-1)] * 2)
+    prediction = np.concatenate([prediction, target])  # per sample: 5 and 0
+    assert float(MaskedLoss(reduction="sum")(y_true, prediction)) == pytest.approx(5.0)
+    assert float(MaskedLoss()(y_true, prediction)) == pytest.approx(2.5)
+
+
 def test_masked_loss_serialization_round_trip():
     loss = MaskedLoss(kind="mae", name="n2v_loss")
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
@@ -279,6 +354,7 @@ def test_masked_loss_serialization_round_trip():
 
 def test_masked_pixel_count_counts_mask_channels_per_sample():
     target = np.zeros((2, 8, 8, 4), dtype=np.float32)
+    target[..., :2] = 3.0  # the original values: not counted
     target[0, 1, 1, 2:] = 1.0
     target[1, 3, 4, 3] = 1.0
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(masked_pixel_count(target)), [2.0, 1.0])
@@ -300,6 +376,9 @@ def test_masked_pixel_count_counts_mask_channels_per_sample():
         ({"struct_axis": 0, "struct_span": 11}, "struct_span"),
         ({"struct_axis": 0, "struct_span": -1}, "struct_span"),
         ({"struct_span": 2}, "struct_axis"),
+        ({"struct_span": 1}, "struct_axis"),
+        ({"struct_axis": 0.5, "struct_span": 1}, "struct_axis"),
+        ({"struct_axis": 0, "struct_span": 1.5}, "struct_span"),
     ],
 )
 def test_bad_arguments_raise_value_error(options, message):

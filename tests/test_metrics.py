@@ -246,3 +246,98 @@ def test_real_dsb2018_masks_match_themselves():
         for c in match_instances(mask, mask):
             assert c.average_precision == 1.0, path.name
             assert c.tp == n_labels, path.name
+
+
+@pytest.mark.parametrize("bad", ["true", "pred"])
+def test_float_label_error_names_the_offending_input(bad):
+    labels = {"true": np.zeros((2, 2), dtype=np.int32), "pred": np.zeros((2, 2), dtype=np.int32)}
+    labels[bad] = labels[bad].astype(np.float64)
+    with pytest.raises(TypeError, match=rf"^{bad} must be an integer label image, got dtype float64$"):
+        instance_iou_matrix(labels["true"], labels["pred"])
+
+
+@pytest.mark.parametrize(
+    ("true", "pred", "message"),
+    [
+        ([0, 2], [0, 1], r"^true classes must lie in \[0, 2\), got \[0, 2\]$"),
+        ([0, 1], [-1, 1], r"^pred classes must lie in \[0, 2\), got \[-1, 1\]$"),
+    ],
+)
+def test_class_out_of_range_error_names_the_offending_input(true, pred, message):
+    with pytest.raises(ValueError, match=message):
+        confusion_matrix(np.array(true), np.array(pred), 2)
+
+
+def test_single_pixel_objects_and_classes_have_iou_one():
+    # A union of exactly one pixel: the matched 1-pixel objects have IoU 1, so they match even at the
+    # strictest threshold 1.0, which is a valid threshold; likewise a 1-pixel class predicted right has IoU 1.
+    true = np.array([[1, 0, 2]], dtype=np.uint8)
+    pred = np.array([[5, 0, 0]], dtype=np.uint8)
+    iou, _, _ = instance_iou_matrix(true, pred)
+    np.testing.assert_array_equal(iou, [[1.0], [0.0]])
+    (c,) = match_instances(true, pred, thresholds=[1.0])
+    assert (c.threshold, c.tp, c.fp, c.fn, c.sum_matched_iou) == (1.0, 1, 0, 1, 1.0)
+    # Classes: 0 = {(0,0)} in both -> 1/1; 1: true {(0,1)}, pred {(0,1),(0,2)} -> 1/2; 2: true {(0,2)} -> 0/1.
+    true_classes, pred_classes = np.array([[0, 1, 2]]), np.array([[0, 1, 1]])
+    confusion = confusion_matrix(true_classes, pred_classes, 3)
+    assert confusion.dtype == np.int64
+    np.testing.assert_array_equal(confusion, [[1, 0, 0], [0, 1, 0], [0, 1, 0]])
+    assert pixel_iou_per_class(true_classes, pred_classes, 3) == [1.0, 0.5, 0.0]
+
+
+@pytest.mark.filterwarnings("error")  # an absent class is expected, not a numerical accident
+def test_iou_from_float32_confusion_is_exact_and_silent_for_absent_class():
+    # Class 0: intersection 1, union 1 + 3 - 1 = 3; class 1: intersection 0, union 2; class 2 absent.
+    confusion = np.array([[1, 2, 0], [0, 0, 0], [0, 0, 0]], dtype=np.float32)
+    iou = iou_from_confusion(confusion)
+    assert iou[:2] == [1 / 3, 0.0]  # computed in double precision, not float32
+    assert math.isnan(iou[2])
+
+
+def test_evaluate_instances_rejects_empty_thresholds_and_empty_dataset():
+    img = squares_image()
+    with pytest.raises(ValueError, match=r"^at least one IoU threshold is required$"):
+        evaluate_instances([(img, img)], thresholds=[])
+    with pytest.raises(ValueError, match=r"^no \(true, pred\) pairs to evaluate$"):
+        evaluate_instances([])
+
+
+def test_format_metrics_table_exact_text():
+    # Image 1 perfect, image 2 all missed: tp 3, fp 0, fn 3 at both thresholds. precision 1, recall 1/2,
+    # f1 6/9, AP 3/6, mIoU 1, PQ 3 / (3 + 1.5) = 2/3.
+    img = squares_image()
+    metrics = evaluate_instances([(img, img), (img, np.zeros_like(img))], thresholds=[0.5, 0.9])
+    table = format_metrics_table(metrics, {"bg": 0.99, "nucleus": 0.8})
+
+    def row(*cells: str) -> str:
+        return "".join(cell.rjust(8) for cell in cells)
+
+    numbers = ("3", "0", "3", "1.000", "0.500", "0.667", "0.500", "1.000", "0.667")
+    assert table.splitlines() == [
+        row("thresh", "tp", "fp", "fn", "prec", "recall", "f1", "AP", "mIoU", "PQ"),
+        row("0.50", *numbers),
+        row("0.90", *numbers),
+        "mAP 0.500  F1@0.5 0.667  images 2  true 6  pred 3",
+        "class        IoU",  # class names padded to at least 8 characters, then a 6-wide IoU column
+        "bg         0.990",
+        "nucleus    0.800",
+    ]
+
+
+def test_evaluate_sums_false_positives_and_table_without_threshold_0_5():
+    # Per image: one true object found exactly plus one spurious prediction -> tp 1, fp 1, fn 0.
+    # Two images: tp 2, fp 2 -> precision 1/2, recall 1, f1 4/6, AP 2/4, mIoU 1, PQ 2 / (2 + 1) = 2/3.
+    true = strip({1: (0, 4)})
+    pred = strip({1: (0, 4), 2: (10, 12)})
+    metrics = evaluate_instances([(true, pred), (true, pred)], thresholds=[0.75, 1.0])
+    for row in metrics["per_threshold"]:
+        assert (row["tp"], row["fp"], row["fn"]) == (2, 2, 0)
+        assert (row["precision"], row["recall"], row["average_precision"]) == (0.5, 1.0, 0.5)
+        assert row["f1"] == pytest.approx(2 / 3) and row["panoptic_quality"] == pytest.approx(2 / 3)
+    assert metrics["f1_at_0.5"] is None
+    table = format_metrics_table(metrics, {"cytoplasm": 0.5}).splitlines()
+    assert table[3:] == [
+        "mAP 0.500  F1@0.5 n/a  images 2  true 2  pred 4",
+        "class         IoU",  # a name longer than 8 characters widens the column
+        "cytoplasm   0.500",
+    ]

@@ -169,3 +169,19 @@ weights:
     assert not refused.passed and "Lambda" in refused.detail, refused.detail
     assert not checks["ONNX and TorchScript against Keras"].passed
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        'config: "x"\n',
+        "attachments: [instances.ijm]\nconfig: {deepimagej: {prediction: {postprocess: "
+        "[{spec: 'ij.IJ::runMacroFile', kwargs: {file: instances.ijm}}]}}}\n",
+        "inputs: [{id: raw, axes: [x, y]}]\n",
+    ],
+)
+def test_a_malformed_rdf_fails_its_checks_without_a_traceback(tmp_path, fields):
+    package = _zip(tmp_path / "malformed.zip", {"rdf.yaml": ("type: model\n" + fields).encode()})
+    checks = check_package(package)
+    assert checks and not all(c.passed for c in checks)
+    assert not checks[0].passed and checks[0].name == "JDLL: the rdf as deepImageJ reads it"

@@ -23,7 +23,7 @@ def instance_to_classes(labels: np.ndarray, *, boundary_width: int = 2) -> np.nd
     object: the object's rim, including where it touches another object.
     """
     inner_rim = find_boundaries(labels, mode="inner") & (labels > 0)
-    if boundary_width > 1:
+    if boundary_width > 1 and inner_rim.any():
         # Grow the rim inwards: distance to the nearest rim pixel, kept inside the objects.
         distance = ndimage.distance_transform_edt(~inner_rim)
         inner_rim = (distance < boundary_width) & (labels > 0)
