@@ -23,11 +23,11 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = ROOT / "bench" / "results" / "mutation"
+MUTMUT = Path(sys.executable).parent / "mutmut"
 COPIED = ("base", "zoo", "training", "export", "tests", "pyproject.toml")
 MODULES = ("training.metrics", "training.targets", "training.tiling", "training.masking", "export.check")
 
@@ -39,7 +39,8 @@ EQUIVALENT: dict[str, str] = {
 }
 
 
-def _copy_tree(scratch: Path, reuse: bool) -> None:
+def _copy_tree(scratch: Path, reuse: bool) -> Path:
+    """The scratch checkout, `scratch/main`, with fresh copies of the code and tests."""
     work = scratch / "main"
     if work.exists() and not reuse:
         shutil.rmtree(work)
@@ -55,13 +56,13 @@ def _copy_tree(scratch: Path, reuse: bool) -> None:
     link = work / "shared"
     if not link.exists() and (ROOT.parent / "shared").exists():
         link.symlink_to(ROOT.parent / "shared")
+    return work
 
 
 def _results(work: Path) -> dict[str, str]:
     """mutant name -> status ("killed", "survived", "no tests", "timeout", ...) from `mutmut results`."""
-    mutmut = Path(sys.executable).parent / "mutmut"
     out = subprocess.run(
-        [str(mutmut), "results", "--all", "true"], cwd=work, capture_output=True, text=True, check=True
+        [str(MUTMUT), "results", "--all", "true"], cwd=work, capture_output=True, text=True, check=True
     ).stdout
     return dict(re.findall(r"^\s+(\S+): (.+)$", out, flags=re.MULTILINE))
 
@@ -74,11 +75,11 @@ def summarise(results: dict[str, str]) -> dict:
     rows, unexplained = [], []
     for module in MODULES:
         statuses = {name: s for name, s in results.items() if _module(name) == module}
-        counts = Counter("killed" if s in ("killed", "timeout") else s for s in statuses.values())
-        survivors = [name for name, s in statuses.items() if s != "killed" and s != "timeout"]
+        survivors = [name for name, s in statuses.items() if s not in ("killed", "timeout")]
         equivalent = [name for name in survivors if name in EQUIVALENT]
         unexplained += [f"{name}: {statuses[name]}" for name in survivors if name not in EQUIVALENT]
-        total, killed = len(statuses), counts["killed"]
+        total = len(statuses)
+        killed = total - len(survivors)
         rows.append(
             {
                 "module": module,
@@ -111,12 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 1 if a module's non-equivalent score is lower",
     )
     args = parser.parse_args(argv)
-    _copy_tree(SCRATCH, args.reuse)
-    work = SCRATCH / "main"
-    mutmut = Path(sys.executable).parent / "mutmut"
+    work = _copy_tree(SCRATCH, args.reuse)
     env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")}
     subprocess.run(
-        [str(mutmut), "run", "--max-children", str(args.max_children)], cwd=work, env=env, check=True
+        [str(MUTMUT), "run", "--max-children", str(args.max_children)], cwd=work, env=env, check=True
     )
     summary = summarise(_results(work))
     print(

@@ -148,20 +148,16 @@ def test_predict_with_geometry_mirrors_the_border_and_widens_small_tiles_to_eigh
     shape = (8 * halo + 8 - 2 * geometry.border, 14 * halo + 4 - 2 * geometry.border)
     image = odd_image(1, shape=shape)
     batches = []
-
-    def recording(batch: np.ndarray) -> np.ndarray:
-        batches.append(batch.shape)
-        return model.predict_on_batch(batch)
-
+    predict = recording(model.predict_on_batch, batches)
     expected = predict_whole(model, image, step=geometry.step, border=geometry.border)
-    got = predict_with_geometry(recording, image, geometry, tile_size=16)
+    got = predict_with_geometry(predict, image, geometry, tile_size=16)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-4
     # Six tiles of at most 8 halos (asked for 16 pixels), in batches of 4 by default.
     assert [b[0] for b in batches] == [4, 2]
     assert all(2 * halo < side <= 8 * halo for b in batches for side in b[1:3])
     batches.clear()
-    predict_with_geometry(recording, image, geometry, tile_size=16, batch_size=5)
+    predict_with_geometry(predict, image, geometry, tile_size=16, batch_size=5)
     assert [b[0] for b in batches] == [5, 1]
 
 
