@@ -38,7 +38,9 @@ def _flag_kwargs(annotation: Any, extra: dict) -> dict[str, Any]:
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}
     if origin is typing.Literal:
-        return {"choices": list(args)}
+        # Literal numbers (`Literal[2, 3]`) are parsed as numbers, so that a flag's text matches a choice.
+        kinds = {type(a) for a in args}
+        return {"choices": list(args)} | ({"type": kinds.pop()} if kinds in ({int}, {float}) else {})
     if origin is list:
         return {"action": "append"} if extra.get("repeatable") else {"nargs": "+"}
     return {}

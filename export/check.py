@@ -198,7 +198,7 @@ def jdll_checks(rdf: dict) -> list[Check]:
     for kind, processing in (("inputs", "preprocessing"), ("outputs", "postprocessing")):
         for tensor in rdf.get(kind, []):
             for axis in tensor.get("axes", []):
-                if axis.get("type") == "space" and axis.get("id") not in ("x", "y"):
+                if axis.get("type") == "space" and axis.get("id") not in ("x", "y", "z"):
                     bad_axes.append(f"{tensor.get('id')}.{axis.get('id')}")
                 if axis.get("type") == "channel" and not axis.get("channel_names"):
                     bad_axes.append(f"{tensor.get('id')}.{axis.get('id')} (no channel_names)")
@@ -208,7 +208,7 @@ def jdll_checks(rdf: dict) -> list[Check]:
                 kwargs = op.get("kwargs") or {}
                 if op.get("id") == "scale_linear" and "axis" in kwargs:
                     warnings.append("scale_linear along an axis (JDLL has no `axis` argument)")
-    checks.append(Check("JDLL: space axes are x and y", not bad_axes, ", ".join(bad_axes)))
+    checks.append(Check("JDLL: space axes are x, y (and z)", not bad_axes, ", ".join(bad_axes)))
     checks.append(Check("JDLL: only processing operations it implements", not bad_ops, ", ".join(bad_ops)))
     if warnings:
         checks.append(
@@ -250,8 +250,8 @@ def onnx_checks(path: Path, input_id: str, output_id: str) -> list[Check]:
             f"inputs {inputs}, outputs {outputs}",
         ),
         Check(
-            "ONNX: dynamic batch, height and width",
-            len(dims) == 4 and all(isinstance(d, str) and d for d in dims[:3]),
+            "ONNX: dynamic batch and spatial axes",
+            len(dims) in (4, 5) and all(isinstance(d, str) and d for d in dims[:-1]),
             f"input dims {dims}",
         ),
     ]
@@ -282,11 +282,12 @@ def parity_checks(folder: Path, descr, weights: dict) -> list[Check]:
 
     input_descr = descr.inputs[0]
     test_input = np.load(folder / str(input_descr.test_tensor.source), allow_pickle=False)
-    sizes = [a.size for a in input_descr.axes if getattr(a, "id", None) in ("y", "x")]
-    step = sizes[0].step
+    sizes = [a.size for a in input_descr.axes if getattr(a, "id", None) in ("z", "y", "x")]
     channels = test_input.shape[-1]
     rng = np.random.default_rng(0)
-    odd = rng.normal(size=(1, sizes[0].min + step, sizes[1].min + 3 * step, channels)).astype(np.float32)
+    # Another size than the test input's: one step more than the minimum along z and y, three along x.
+    odd_shape = [size.min + (3 if i == len(sizes) - 1 else 1) * size.step for i, size in enumerate(sizes)]
+    odd = rng.normal(size=(1, *odd_shape, channels)).astype(np.float32)
     centred = ((test_input - test_input.mean()) / (test_input.std() + 1e-6)).astype(np.float32)
     model = keras.models.load_model(folder / weights["keras_v3"], compile=False)
     checks = []
@@ -319,7 +320,7 @@ def parity_checks(folder: Path, descr, weights: dict) -> list[Check]:
             worst = max(worst, float(np.abs(got - expected).max()))
         checks.append(
             Check(
-                f"{name} equals Keras (test input and a {odd.shape[1]}x{odd.shape[2]} input)",
+                f"{name} equals Keras (test input and a {'x'.join(map(str, odd.shape[1:-1]))} input)",
                 worst <= PARITY_TOLERANCE,
                 f"largest difference {worst:.2e}",
             )

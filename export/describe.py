@@ -45,31 +45,40 @@ class Metadata:
 
 @dataclass
 class Tensors:
-    """Ids, layout and sizes of the package's input and output."""
+    """Ids, layout and sizes of the package's input and output; sizes per spatial axis, in `axes` order."""
 
     input_id: str
     output_id: str
     input_channels: list[str]
     output_channels: list[str]
-    step: int
-    min_size: int
-    halo: int
+    axes: tuple[str, ...]  # the spatial axes: ("y", "x"), or ("z", "y", "x") for a volume
+    steps: tuple[int, ...]
+    min_sizes: tuple[int, ...]
+    halos: tuple[int, ...]
+
+
+SPATIAL_AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
 
 
 def tensors(run: Run) -> Tensors:
-    """Tensor ids and sizes: inputs of `min + n * step` pixels, where `step` is 2^depth and `min` the
-    smallest multiple of it that leaves at least one pixel inside the output halo on both sides."""
-    step, halo = run.geometry.step, run.geometry.border
-    min_size = step * math.ceil((2 * halo + 1) / step)
+    """Tensor ids and sizes: along each spatial axis, inputs of `min + n * step` pixels, where `step` is
+    the network's size step along it and `min` the smallest multiple of it that leaves at least one pixel
+    inside the output halo on both sides."""
+    geometry = run.geometry
+    min_sizes = tuple(
+        step * math.ceil((2 * halo + 1) / step)
+        for step, halo in zip(geometry.steps, geometry.borders, strict=True)
+    )
     declared = run.declaration
     return Tensors(
         declared.input.id,
         declared.output.id,
         declared.input.channels,
         declared.output.channels,
-        step,
-        min_size,
-        halo,
+        SPATIAL_AXES[geometry.ndim],
+        geometry.steps,
+        min_sizes,
+        geometry.borders,
     )
 
 
@@ -84,19 +93,22 @@ def sha256(path: Path) -> str:
 
 
 def test_input(run: Run, sizes: Tensors) -> np.ndarray:
-    """The held-out sample cropped (centred) to the largest valid size, or mirrored up to the minimum;
-    float32 with a batch axis: (1, Y, X, C)."""
+    """The held-out sample cropped (centred) to the largest valid size along each spatial axis, or
+    mirrored up to the minimum; float32 with a batch axis: (1, Y, X, C) or (1, Z, Y, X, C)."""
     image = run.sample.astype(np.float32)
-    crops = []
-    for length in image.shape[:2]:
-        size = sizes.min_size + max((length - sizes.min_size) // sizes.step, 0) * sizes.step
-        crops.append(size)
-    pad = [(0, max(size - length, 0)) for size, length in zip(crops, image.shape[:2], strict=True)]
+    lengths = image.shape[:-1]
+    crops = [
+        low + max((length - low) // step, 0) * step
+        for low, step, length in zip(sizes.min_sizes, sizes.steps, lengths, strict=True)
+    ]
+    pad = [(0, max(size - length, 0)) for size, length in zip(crops, lengths, strict=True)]
     if any(p[1] for p in pad):
         image = np.pad(image, [*pad, (0, 0)], mode="symmetric")
-    top = (image.shape[0] - crops[0]) // 2
-    left = (image.shape[1] - crops[1]) // 2
-    return np.ascontiguousarray(image[top : top + crops[0], left : left + crops[1]])[np.newaxis]
+    window = tuple(
+        slice((length - size) // 2, (length - size) // 2 + size)
+        for size, length in zip(crops, image.shape[:-1], strict=True)
+    )
+    return np.ascontiguousarray(image[window])[np.newaxis]
 
 
 # What a consumer's run of the test may differ by, as a share of the test output's largest magnitude
@@ -136,7 +148,11 @@ def _display(image: np.ndarray, low: float, high: float) -> np.ndarray:
 
 def cover(run: Run, raw: np.ndarray, output: np.ndarray) -> np.ndarray:
     """A 2:1 RGB picture: the test input (first channel) beside the model's output (class probabilities
-    mixed in the declared colours, or an image in the input's display range)."""
+    mixed in the declared colours, or an image in the input's display range); of a volume, its middle
+    z slice."""
+    if raw.ndim == 5:
+        middle = raw.shape[1] // 2
+        raw, output = raw[:, middle], output[:, middle]
     image = raw[0, ..., 0]
     low, high = np.percentile(image, (1, 99.8))
     left = np.repeat(_display(image, low, high)[..., None], 3, axis=-1)
@@ -157,4 +173,11 @@ def cover(run: Run, raw: np.ndarray, output: np.ndarray) -> np.ndarray:
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
+    """A sample tensor (Y, X, C) or (Z, Y, X, C), or the cover (Y, X, 3 uint8). A volume is written as an
+    ImageJ TIFF (ZCYX), which imageio cannot write as one image."""
+    if image.ndim == 4:
+        import tifffile
+
+        tifffile.imwrite(path, np.moveaxis(image, -1, 1), imagej=True, metadata={"axes": "ZCYX"})
+        return
     iio.imwrite(path, image)

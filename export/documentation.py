@@ -12,6 +12,8 @@ from export.run_folder import Run
 
 def documentation(run: Run, sizes: Tensors, *, name: str, torchscript: bool) -> str:
     declared = run.declaration
+    volume = len(sizes.axes) == 3
+    kind = "volume" if volume else "image"
     weights = "ONNX (opset 15), Keras 3 (`.keras`)" + (", TorchScript" if torchscript else "")
     lines = [
         f"# {name}",
@@ -20,11 +22,10 @@ def documentation(run: Run, sizes: Tensors, *, name: str, torchscript: bool) -> 
         "",
         "## Input and output",
         "",
-        f"- `{sizes.input_id}`: axes b, y, x, c; {len(sizes.input_channels)} channel(s); height and width "
-        f"{sizes.min_size} + n x {sizes.step} pixels (any larger image is predicted in tiles). "
-        f"{declared.input.description}",
-        f"- `{sizes.output_id}`: {declared.output.description} Same height and width as the input; the "
-        f"outer {sizes.halo} pixels of a tile lack context (the halo) and are cut off when tiling.",
+        f"- `{sizes.input_id}`: axes b, {', '.join(sizes.axes)}, c; {len(sizes.input_channels)} channel(s); "
+        f"{_sizes(sizes)} (any larger {kind} is predicted in tiles). {declared.input.description}",
+        f"- `{sizes.output_id}`: {declared.output.description} Same size as the input; the outer "
+        f"{_halos(sizes)} of a tile lack context (the halo) and are cut off when tiling.",
         f"- Weights: {weights}.",
         "",
         "## Training",
@@ -48,10 +49,13 @@ def documentation(run: Run, sizes: Tensors, *, name: str, torchscript: bool) -> 
         "- Python: `bioimageio predict PACKAGE.zip --inputs image.tif` (bioimageio.core), or "
         "`bioimageio.core.predict(model=..., inputs=...)`.",
         "",
-        *(_cells(declared.instances) if declared.instances is not None else []),
+        *(_cells(declared.instances, volume=volume) if declared.instances is not None else []),
         "## Limitations",
         "",
-        "- 2D images only; a stack is processed slice by slice by the consumer.",
+        "- Volumes (z, y, x) only; a 2D image is a volume of one slice, which is mirrored up to the minimum "
+        "depth."
+        if volume
+        else "- 2D images only; a stack is processed slice by slice by the consumer.",
         "- The model knows only what its training data showed; check outputs on new kinds of images.",
         "",
         "## References",
@@ -62,8 +66,34 @@ def documentation(run: Run, sizes: Tensors, *, name: str, torchscript: bool) -> 
     return "\n".join(lines)
 
 
-def _cells(instances: Instances) -> list[str]:
-    """How to get one label per cell from the probabilities, in Fiji and in Python."""
+_FIJI = (
+    "- Fiji: install deepImageJ (Help > Update... > Manage update sites: tick DeepImageJ, apply, "
+    "restart), install this package (deepImageJ: Install model, from the zip file), open an image and "
+    f"run the model. The package's macro `{MACRO_FILE}` runs after the model and leaves a 16-bit label "
+    "image, `<title>_labels`. If your deepImageJ does not run it, select the probability image and run "
+    f"it yourself: Plugins > Macros > Run... > `{MACRO_FILE}` (in the model's folder under "
+    "Fiji.app/models). It needs plain ImageJ only (no plugins) and runs in batch mode."
+)
+
+
+def _sizes(sizes: Tensors) -> str:
+    """'height and width 64 + n x 8 pixels', or per axis for a volume."""
+    if len(sizes.axes) == 2 and len(set(sizes.min_sizes)) == 1 and len(set(sizes.steps)) == 1:
+        return f"height and width {sizes.min_sizes[0]} + n x {sizes.steps[0]} pixels"
+    return ", ".join(
+        f"{axis}: {low} + n x {step}"
+        for axis, low, step in zip(sizes.axes, sizes.min_sizes, sizes.steps, strict=True)
+    )
+
+
+def _halos(sizes: Tensors) -> str:
+    if len(set(sizes.halos)) == 1:
+        return f"{sizes.halos[0]} pixels"
+    return ", ".join(f"{halo} along {axis}" for axis, halo in zip(sizes.axes, sizes.halos, strict=True))
+
+
+def _cells(instances: Instances, *, volume: bool = False) -> list[str]:
+    """How to get one label per cell from the probabilities, in Fiji (images) and in Python."""
     thresholds = (
         f"interior_threshold={instances.interior_threshold}, "
         f"foreground_threshold={instances.foreground_threshold}, min_size={instances.min_object_size}"
@@ -76,14 +106,9 @@ def _cells(instances: Instances) -> list[str]:
         f"1 - p(background) > {instances.foreground_threshold}, objects under "
         f"{instances.min_object_size} px removed.",
         "",
-        "- Fiji: install deepImageJ (Help > Update... > Manage update sites: tick DeepImageJ, apply, "
-        "restart), install this package (deepImageJ: Install model, from the zip file), open an image and "
-        f"run the model. The package's macro `{MACRO_FILE}` runs after the model and leaves a 16-bit label "
-        "image, `<title>_labels`. If your deepImageJ does not run it, select the probability image and run "
-        f"it yourself: Plugins > Macros > Run... > `{MACRO_FILE}` (in the model's folder under "
-        "Fiji.app/models). It needs plain ImageJ only (no plugins) and runs in batch mode.",
+        *([] if volume else [_FIJI]),
         "- Python: `python -m training.predict RUN_OR_MODEL IMAGES/ --out OUT/` (bioimage-keras-zoo) "
         "writes `NAME_labels.tif` beside `NAME_probabilities.tif`; or, on probabilities `p` of shape "
-        f"(Y, X, 3): `training.targets.classes_to_instances(p, {thresholds})`.",
+        f"({'Z, ' if volume else ''}Y, X, 3): `training.targets.classes_to_instances(p, {thresholds})`.",
         "",
     ]

@@ -53,16 +53,14 @@ def _axes(sizes: Tensors, v0_5, *, output: bool) -> list:
             v0_5.SpaceOutputAxisWithHalo(
                 id=v0_5.AxisId(axis),
                 size=v0_5.SizeReference(tensor_id=v0_5.TensorId(sizes.input_id), axis_id=v0_5.AxisId(axis)),
-                halo=sizes.halo,
+                halo=halo,
             )
-            for axis in ("y", "x")
+            for axis, halo in zip(sizes.axes, sizes.halos, strict=True)
         ]
     else:
         space = [
-            v0_5.SpaceInputAxis(
-                id=v0_5.AxisId(axis), size=v0_5.ParameterizedSize(min=sizes.min_size, step=sizes.step)
-            )
-            for axis in ("y", "x")
+            v0_5.SpaceInputAxis(id=v0_5.AxisId(axis), size=v0_5.ParameterizedSize(min=low, step=step))
+            for axis, low, step in zip(sizes.axes, sizes.min_sizes, sizes.steps, strict=True)
         ]
     channel = v0_5.ChannelAxis(channel_names=[v0_5.Identifier(name) for name in channel_names])
     return [v0_5.BatchAxis(), *space, channel]
@@ -133,8 +131,9 @@ def build_description(run: Run, staging: Path, metadata: Metadata) -> dict:
     describe.write_image(staging / "cover.png", describe.cover(run, raw, output))
     nickname = describe.nickname(describe.sha256(keras_file))
     # Segmentation: the macro that turns the probabilities into cells in Fiji.
+    # Its watershed is 2D: a volume's package leaves instances to Python (documentation.md says how).
     instances = run.declaration.instances
-    macro = write_macro(instances, staging) if instances is not None else None
+    macro = write_macro(instances, staging) if instances is not None and run.geometry.ndim == 2 else None
     (staging / "documentation.md").write_text(
         documentation(run, sizes, name=metadata.name or run.declaration.name, torchscript=torch is not None)
     )

@@ -2,11 +2,14 @@
 
 A package must run where this project is not installed: bioimageio.core's Keras adapter, Keras under the
 PyTorch backend (from which the TorchScript weights are traced) and tf2onnx know only Keras's own layers.
-The project's three custom layers have exact equivalents among them at inference time:
+The project's custom layers have exact equivalents among them at inference time:
 
 - `FusedBatchNormalization` differs from `BatchNormalization` only in how it trains;
 - `MaxBlurPool2D` is a 2x2 max pool with stride 1 followed by a fixed 3x3 binomial depthwise
   convolution with stride 2 (zero padding of one pixel on each side);
+- `MaxBlurPool3D` is a max pool with stride 1, a zero padding of one voxel on each pooled axis and two
+  average pools (window 2, stride 1, then stride 2 on the pooled axes): the Keras layers of the very
+  operations its `call` makes;
 - `ChannelSlice(c, c + 1)` is a 1x1 convolution whose kernel is the one-hot vector of channel c.
 
 Every layer is also set to float32, so a model trained under mixed precision exports in full precision.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from zoo.layers import ChannelSlice, FusedBatchNormalization, MaxBlurPool2D
+from zoo.layers import ChannelSlice, FusedBatchNormalization, MaxBlurPool2D, MaxBlurPool3D
 
 
 def _float32_config(layer: keras.layers.Layer) -> dict:
@@ -40,8 +43,20 @@ def _replacement(layer: keras.layers.Layer) -> keras.layers.Layer:
             ],
             name=layer.name,
         )
+    if isinstance(layer, MaxBlurPool3D):
+        pool = layer.pool_size
+        return keras.Sequential(
+            [
+                keras.layers.MaxPooling3D(pool, strides=1, padding="same", dtype="float32"),
+                keras.layers.ZeroPadding3D(tuple((p - 1, p - 1) for p in pool), dtype="float32"),
+                keras.layers.AveragePooling3D(pool, strides=1, padding="valid", dtype="float32"),
+                keras.layers.AveragePooling3D(pool, strides=pool, padding="valid", dtype="float32"),
+            ],
+            name=layer.name,
+        )
     if isinstance(layer, ChannelSlice):
-        return keras.layers.Conv2D(
+        convolution = keras.layers.Conv3D if len(layer.input.shape) == 5 else keras.layers.Conv2D
+        return convolution(
             layer.stop - layer.start, 1, use_bias=False, name=layer.name, dtype="float32", trainable=False
         )
     return layer.__class__.from_config(config)
@@ -51,9 +66,11 @@ def _replacement_weights(layer: keras.layers.Layer, channels: int) -> list[np.nd
     if isinstance(layer, MaxBlurPool2D):
         return [MaxBlurPool2D.blur_kernel(channels)]
     if isinstance(layer, ChannelSlice):
-        kernel = np.zeros((1, 1, channels, layer.stop - layer.start), np.float32)
+        # A 1x1 (2D) or 1x1x1 (3D) kernel: one-hot along the input channels.
+        spatial = (1,) * (len(layer.input.shape) - 2)
+        kernel = np.zeros((*spatial, channels, layer.stop - layer.start), np.float32)
         for out, channel in enumerate(range(layer.start, layer.stop)):
-            kernel[0, 0, channel, out] = 1.0
+            kernel[..., channel, out] = 1.0
         return [kernel]
     raise TypeError(f"{type(layer).__name__} has no replacement weights")
 

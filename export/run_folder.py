@@ -38,14 +38,14 @@ class Run:
     checkpoint: Path
     model: keras.Model
     geometry: zoo.Geometry
-    sample: np.ndarray  # one raw held-out image, (Y, X, C)
+    sample: np.ndarray  # one raw held-out image, (Y, X, C), or volume, (Z, Y, X, C)
 
     @property
     def channels(self) -> int:
         return int(self.model.input_shape[-1])
 
 
-def _read_sample(path: Path, channels: int) -> np.ndarray:
+def _read_sample(path: Path, channels: int, ndim: int) -> np.ndarray:
     if not path.is_file():
         raise ExportError(
             f"{path.parent}: incomplete run folder (no {path.name}: the held-out image for the package's "
@@ -55,8 +55,9 @@ def _read_sample(path: Path, channels: int) -> np.ndarray:
         sample = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise ExportError(f"{path}: unreadable ({error})") from None
-    if sample.ndim != 3 or sample.shape[-1] != channels or min(sample.shape[:2]) < 1:
-        raise ExportError(f"{path}: expected a (Y, X, {channels}) image, found shape {sample.shape}")
+    if sample.ndim != ndim + 1 or sample.shape[-1] != channels or min(sample.shape[:-1]) < 1:
+        expected = "Z, Y, X" if ndim == 3 else "Y, X"
+        raise ExportError(f"{path}: expected a ({expected}, {channels}) image, found shape {sample.shape}")
     if not np.issubdtype(sample.dtype, np.number) or not np.isfinite(sample).all():
         raise ExportError(f"{path}: expected finite numbers, found dtype {sample.dtype} or NaN/inf")
     return sample
@@ -85,8 +86,11 @@ def read_run(folder: Path, checkpoint: str | None = None) -> Run:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a damaged file; all mean the same here
         raise ExportError(f"{path}: unreadable checkpoint ({type(error).__name__}: {error})") from None
-    if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.input_shape) != 4:
-        raise ExportError(f"{path}: expected a model with one (batch, y, x, channel) input and one output")
+    if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.input_shape) not in (4, 5):
+        raise ExportError(
+            f"{path}: expected a model with one (batch, y, x, channel) or (batch, z, y, x, channel) input "
+            "and one output"
+        )
     try:
         geometry = zoo.model_geometry(model)
     except (NotImplementedError, ValueError) as error:
@@ -104,5 +108,5 @@ def read_run(folder: Path, checkpoint: str | None = None) -> Run:
         checkpoint=path,
         model=model,
         geometry=geometry,
-        sample=_read_sample(folder / SAMPLE_FILE, channels),
+        sample=_read_sample(folder / SAMPLE_FILE, channels, geometry.ndim),
     )

@@ -1,11 +1,11 @@
 """`python -m export.to_onnx MODEL.keras OUT.onnx INPUT_ID`, run with KERAS_BACKEND set to the converter's
-backend: convert a portable `.keras` model to ONNX with dynamic batch, height and width.
+backend: convert a portable `.keras` model to ONNX with dynamic batch and spatial axes.
 
 Under TensorFlow, Keras converts through tf2onnx. Under PyTorch, `torch.onnx`'s TorchScript exporter traces
-the network on a 128 x 128 input (Keras's own torch export would trace a 1 x 1 one, too small for a U-Net),
-with batch, height and width declared dynamic; the package checks then run the ONNX file on other sizes.
-`export.weights.write_onnx` runs this in a child process, so a run trained on any backend converts with
-whichever converter is installed.
+the network on a 128 x 128 input (a volume: `export.torchscript.traced_shape`; Keras's own torch export
+would trace a 1 x 1 one, too small for a U-Net), with batch and spatial axes declared dynamic; the package
+checks then run the ONNX file on other sizes. `export.weights.write_onnx` runs this in a child process, so
+a run trained on any backend converts with whichever converter is installed.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ def main(keras_file: str, out_file: str, input_id: str) -> None:
     if backend == "torch":
         _export_with_torch(model, out_file, input_id, channels)
         return
+    spatial = (None,) * (len(model.input_shape) - 2)
     model.export(
         out_file,
         format="onnx",
-        input_signature=[keras.InputSpec(shape=(None, None, None, channels), dtype="float32", name=input_id)],
+        input_signature=[keras.InputSpec(shape=(None, *spatial, channels), dtype="float32", name=input_id)],
         opset_version=ONNX_OPSET,
         verbose=False,
     )
@@ -39,14 +40,16 @@ def main(keras_file: str, out_file: str, input_id: str) -> None:
 def _export_with_torch(model, out_file: str, input_id: str, channels: int) -> None:
     import torch
 
-    from export.torchscript import inference_module
+    from export.torchscript import inference_module, traced_shape
     from export.weights import ONNX_OPSET
 
-    dynamic = {0: "batch", 1: "y", 2: "x"}
+    shape = traced_shape(model)
+    names = ("batch", "z", "y", "x") if len(shape) == 5 else ("batch", "y", "x")
+    dynamic = dict(enumerate(names))
     with torch.no_grad():
         torch.onnx.export(
             inference_module(model),
-            (torch.zeros(1, 128, 128, channels),),
+            (torch.zeros(*shape),),
             out_file,
             input_names=[input_id],
             output_names=["output"],

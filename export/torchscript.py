@@ -98,16 +98,32 @@ def inference_module(network):
     return Inference(network).eval()
 
 
+def traced_shape(network) -> tuple[int, ...]:
+    """The input the trace records: (1, 128, 128, c), or a volume of two z steps by four y and x steps."""
+    channels = int(network.input_shape[-1])
+    if len(network.input_shape) == 5:
+        depth, side = _volume_steps(network)
+        return (1, 2 * depth, 4 * side, 4 * side, channels)
+    return (1, 2 * _STEP, 2 * _STEP, channels)
+
+
+def _volume_steps(network) -> tuple[int, int]:
+    """A 3D network's size steps along z and along y and x: its traces stay small (a volume of 64 x 128 x
+    128 voxels would need gigabytes), so they follow the network's own pooling."""
+    import zoo
+
+    steps = zoo.model_geometry(network).steps
+    return steps[0], steps[1]
+
+
 def trace(network):
     """The Keras `network` (under the PyTorch backend) traced in inference mode on a (1, 128, 128, c)
-    input, its device moves dropped."""
+    input (a volume's: see `traced_shape`), its device moves dropped."""
     import torch
 
-    channels = int(network.input_shape[-1])
+    shape = traced_shape(network)
     with torch.no_grad():
-        traced = torch.jit.trace(
-            inference_module(network), torch.zeros(1, 2 * _STEP, 2 * _STEP, channels), check_trace=False
-        )
+        traced = torch.jit.trace(inference_module(network), torch.zeros(*shape), check_trace=False)
     drop_device_moves(traced)
     return traced
 
@@ -122,7 +138,11 @@ def trace_error(traced, model) -> float:
     channels = int(model.input_shape[-1])
     rng = np.random.default_rng(0)
     worst = 0.0
-    for shape in [(1, 3 * _STEP, 2 * _STEP, channels), (2, _STEP, 4 * _STEP, channels)]:
+    shapes = [(1, 3 * _STEP, 2 * _STEP, channels), (2, _STEP, 4 * _STEP, channels)]
+    if len(model.input_shape) == 5:  # a volume: other depths too
+        depth, side = _volume_steps(model)
+        shapes = [(1, 3 * depth, 5 * side, 4 * side, channels), (2, depth, 4 * side, 6 * side, channels)]
+    for shape in shapes:
         x = rng.normal(size=shape).astype(np.float32)
         expected = keras.ops.convert_to_numpy(model(x, training=False))
         with torch.no_grad():

@@ -20,8 +20,8 @@ from export.errors import ExportError
 # Opset 15 and IR version 8 (the most `export.check` accepts) run on onnxruntime 1.10 to 1.13, the
 # engines that deepImageJ's JDLL ships.
 ONNX_OPSET = 15
-# Dimension names of the dynamic ONNX axes (b, y, x; the channel count is fixed).
-ONNX_DYNAMIC_AXES = ("batch", "y", "x")
+# Dimension names of the dynamic ONNX axes (b, (z,) y, x; the channel count is fixed).
+ONNX_DYNAMIC_AXES = {4: ("batch", "y", "x"), 5: ("batch", "z", "y", "x")}
 
 
 def onnx_converter() -> str:
@@ -40,7 +40,7 @@ def onnx_converter() -> str:
 def write_onnx(
     model: keras.Model, path: Path, *, input_id: str, output_id: str, converter: str | None = None
 ) -> None:
-    """Export `model` to ONNX with dynamic batch, height and width, its input and output named after the
+    """Export `model` to ONNX with dynamic batch and spatial axes, its input and output named after the
     rdf tensor ids. The conversion runs in a child process under the `converter` backend (default:
     `onnx_converter()`), whatever backend this process runs."""
     import onnx
@@ -60,9 +60,10 @@ def write_onnx(
     for node in graph.node:
         node.input[:] = [renames.get(name, name) for name in node.input]
         node.output[:] = [renames.get(name, name) for name in node.output]
+    rank = len(graph.input[0].type.tensor_type.shape.dim)
     for value in (graph.input[0], graph.output[0]):
         value.name = renames[value.name]
-        for dim, name in zip(value.type.tensor_type.shape.dim, ONNX_DYNAMIC_AXES, strict=False):
+        for dim, name in zip(value.type.tensor_type.shape.dim, ONNX_DYNAMIC_AXES[rank], strict=False):
             dim.dim_param = name
     proto.ir_version = min(proto.ir_version, ONNX_MAX_IR_VERSION)
     onnx.checker.check_model(proto)

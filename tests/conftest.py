@@ -123,7 +123,7 @@ def tiny_segment_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Shared by the session: tests must not write into it (copy it with `shutil.copytree` to break files).
     """
-    from training.synthetic import write_synthetic_dataset
+    from training.synthetic_files import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("segment") / "data", n_images=4, shape=(64, 64))
 

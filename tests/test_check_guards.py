@@ -110,7 +110,7 @@ GOOD_CHECKS = [
     ),
     Check("JDLL: config.deepimagej.allow_tiling is true", True),
     Check("deepImageJ: its post-processing macros are attached files", True, "instances.ijm"),
-    Check("JDLL: space axes are x and y", True),
+    Check("JDLL: space axes are x, y (and z)", True),
     Check("JDLL: only processing operations it implements", True),
     Check("JDLL: weights it runs (onnx or torchscript)", True, "keras_v3, onnx, torchscript"),
 ]
@@ -126,7 +126,7 @@ def test_jdll_checks_of_an_empty_rdf():
         Check("JDLL: documentation and covers are plain strings", False, "documentation None"),
         Check("JDLL: id and config.bioimageio.nickname", False, "id None, nickname None"),
         Check("JDLL: config.deepimagej.allow_tiling is true", False),
-        Check("JDLL: space axes are x and y", True),
+        Check("JDLL: space axes are x, y (and z)", True),
         Check("JDLL: only processing operations it implements", True),
         Check("JDLL: weights it runs (onnx or torchscript)", False),
     ]
@@ -162,7 +162,7 @@ DELETE = object()
 DOC = "JDLL: documentation and covers are plain strings"
 IDS = "JDLL: id and config.bioimageio.nickname"
 MACROS = "deepImageJ: its post-processing macros are attached files"
-AXES = "JDLL: space axes are x and y"
+AXES = "JDLL: space axes are x, y (and z)"
 OPS = "JDLL: only processing operations it implements"
 WEIGHTS = "JDLL: weights it runs (onnx or torchscript)"
 POSTPROCESS = "config.deepimagej.prediction.postprocess"
@@ -257,7 +257,8 @@ POSTPROCESS = "config.deepimagej.prediction.postprocess"
             [Check(MACROS, True, "a.ijm, b.ijm")],
             id="two-macros-attached",
         ),
-        pytest.param(_set("inputs.0.axes.1.id", "z"), [Check(AXES, False, "raw.z")], id="input-space-axis-z"),
+        pytest.param(_set("inputs.0.axes.1.id", "w"), [Check(AXES, False, "raw.w")], id="input-space-axis-w"),
+        pytest.param(_set("inputs.0.axes.1.id", "z"), [], id="input-space-axis-z"),
         pytest.param(
             _set("outputs.0.axes.2.id", "t"),
             [Check(AXES, False, "probabilities.t")],
@@ -269,8 +270,8 @@ POSTPROCESS = "config.deepimagej.prediction.postprocess"
             id="channel-axis-without-names",
         ),
         pytest.param(
-            _both(_set("inputs.0.axes.1.id", "z"), _set("outputs.0.axes.3.channel_names", DELETE)),
-            [Check(AXES, False, "raw.z, probabilities.channel (no channel_names)")],
+            _both(_set("inputs.0.axes.1.id", "w"), _set("outputs.0.axes.3.channel_names", DELETE)),
+            [Check(AXES, False, "raw.w, probabilities.channel (no channel_names)")],
             id="two-bad-axes",
         ),
         pytest.param(_set("inputs.0.axes", DELETE), [], id="input-without-axes"),
@@ -514,7 +515,7 @@ def _onnx_file(
 
 OPSET = "ONNX: opset 15-17 and IR version <= 8 (onnxruntime 1.13)"
 NAMES = "ONNX: tensors named after the rdf ids"
-DYNAMIC = "ONNX: dynamic batch, height and width"
+DYNAMIC = "ONNX: dynamic batch and spatial axes"
 GOOD_ONNX = [
     Check(OPSET, True, "opset 17, IR version 8"),
     Check(NAMES, True, "inputs ['raw'], outputs ['probabilities']"),
@@ -589,9 +590,20 @@ def test_onnx_tensor_names(tmp_path, names, input_id, output_id, changed):
         ((1, "y", "x", 1), Check(DYNAMIC, False, "input dims [1, 'y', 'x', 1]")),
         (("batch", "y", None, 1), Check(DYNAMIC, False, "input dims ['batch', 'y', 0, 1]")),
         (("batch", "y", "x"), Check(DYNAMIC, False, "input dims ['batch', 'y', 'x']")),
-        (("batch", "z", "y", "x", 1), Check(DYNAMIC, False, "input dims ['batch', 'z', 'y', 'x', 1]")),
+        (("batch", "z", "y", "x", 1), Check(DYNAMIC, True, "input dims ['batch', 'z', 'y', 'x', 1]")),
+        (("batch", 16, "y", "x", 1), Check(DYNAMIC, False, "input dims ['batch', 16, 'y', 'x', 1]")),
+        (("b", "t", "z", "y", "x", 1), Check(DYNAMIC, False, "input dims ['b', 't', 'z', 'y', 'x', 1]")),
     ],
-    ids=["all-named", "fixed-height", "fixed-batch", "unknown-width", "rank-3", "rank-5"],
+    ids=[
+        "all-named",
+        "fixed-height",
+        "fixed-batch",
+        "unknown-width",
+        "rank-3",
+        "rank-5",
+        "fixed-depth",
+        "rank-6",
+    ],
 )
 def test_onnx_dynamic_input_dims(tmp_path, dims, changed):
     checks = onnx_checks(_onnx_file(tmp_path / "m.onnx", dims=dims), "raw", "probabilities")

@@ -201,7 +201,10 @@ def test_config_json_of_a_run_round_trips_into_the_config(
     written = json.loads((tmp_path / "runs" / "r" / "config.json").read_text())
     # `--backend auto` is recorded as the backend that ran.
     assert written["backend"] == keras.backend.backend()
-    assert SegmentConfig(**written) == _config(*argv).model_copy(update={"backend": written["backend"]})
+    # ... and the spatial axes as the data decided them (2D images here).
+    assert written["ndim"] == 2
+    expected = _config(*argv).model_copy(update={"backend": written["backend"], "ndim": 2})
+    assert SegmentConfig(**written) == expected
     assert SegmentConfig(**written).model_dump(mode="json") == written
 
 

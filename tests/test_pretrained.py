@@ -41,7 +41,7 @@ def test_a_folder_named_like_a_shipped_model_is_taken_as_a_path(tmp_path: Path, 
 
 def test_the_nuclei_model_predicts_by_name_with_nothing_but_the_package(tmp_path: Path):
     """No shared data, no training, no network: the embedded synthetic nuclei are found."""
-    from training.synthetic import write_synthetic_dataset
+    from training.synthetic_files import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", n_images=3, shape=(128, 128), seed=4)
     image = next((data / "images").iterdir())

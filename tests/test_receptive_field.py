@@ -4,6 +4,7 @@ checked against the gradient of the network itself."""
 from __future__ import annotations
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -23,6 +24,16 @@ def sequential_model(*layers: keras.layers.Layer) -> keras.Model:
     return keras.Model(inputs, x)
 
 
+def square(step: int, receptive_field: int, halo: int, border: int) -> zoo.Geometry:
+    """The geometry of a 2D model whose two axes agree."""
+    return zoo.Geometry(
+        steps=(step, step),
+        receptive_fields=(receptive_field,) * 2,
+        halos=(halo, halo),
+        borders=(border, border),
+    )
+
+
 # === Handcrafted models with known geometry ===
 
 
@@ -31,48 +42,48 @@ def sequential_model(*layers: keras.layers.Layer) -> keras.Model:
     [
         (
             [keras.layers.Conv2D(1, 3, padding="same")],
-            zoo.Geometry(step=1, receptive_field=3, halo=1, border=1),
+            square(1, 3, 1, 1),
         ),
         (
             [keras.layers.Conv2D(1, 5, padding="same", dilation_rate=2)],
-            zoo.Geometry(step=1, receptive_field=9, halo=4, border=4),
+            square(1, 9, 4, 4),
         ),
         (
             [keras.layers.Conv2D(1, 3, padding="same"), keras.layers.Conv2D(1, 3, padding="same")],
-            zoo.Geometry(step=1, receptive_field=5, halo=2, border=2),
+            square(1, 5, 2, 2),
         ),
         # An even kernel under `same` padding reads one pixel to the right/bottom only.
         (
             [keras.layers.Conv2D(1, 2, padding="same")],
-            zoo.Geometry(step=1, receptive_field=2, halo=1, border=1),
+            square(1, 2, 1, 1),
         ),
         # A 1x1 convolution and pointwise layers see only their own pixel.
         (
             [keras.layers.Conv2D(1, 1), keras.layers.BatchNormalization(), keras.layers.ReLU()],
-            zoo.Geometry(step=1, receptive_field=1, halo=0, border=0),
+            square(1, 1, 0, 0),
         ),
         # Output p reads pooled pixel p // 2, which covers input pixels 2 (p // 2) and 2 (p // 2) + 1.
         (
             [keras.layers.MaxPooling2D(2), keras.layers.UpSampling2D(2)],
-            zoo.Geometry(step=2, receptive_field=3, halo=1, border=1),
+            square(2, 3, 1, 1),
         ),
         (
             [keras.layers.MaxPooling2D(2), keras.layers.Conv2DTranspose(1, 2, strides=2, padding="same")],
-            zoo.Geometry(step=2, receptive_field=3, halo=1, border=1),
+            square(2, 3, 1, 1),
         ),
         (
             [keras.layers.MaxPooling2D(2), keras.layers.MaxPooling2D(2), keras.layers.UpSampling2D(4)],
-            zoo.Geometry(step=4, receptive_field=7, halo=3, border=4),
+            square(4, 7, 3, 4),
         ),
         # A stride-2 3x3 convolution reads -1..1 around 2q; up-sampling adds one pixel to the left.
         (
             [keras.layers.Conv2D(1, 3, strides=2, padding="same"), keras.layers.UpSampling2D(2)],
-            zoo.Geometry(step=2, receptive_field=4, halo=2, border=2),
+            square(2, 4, 2, 2),
         ),
         # Max-blur-pooling reads input pixels 2q - 1 .. 2q + 2 (its own `spatial_footprint`).
         (
             [MaxBlurPool2D(), keras.layers.UpSampling2D(2)],
-            zoo.Geometry(step=2, receptive_field=5, halo=2, border=2),
+            square(2, 5, 2, 2),
         ),
     ],
     ids=[
@@ -92,12 +103,68 @@ def test_handcrafted_model_geometry(layers, expected):
     assert zoo.model_geometry(sequential_model(*layers)) == expected
 
 
+@pytest.mark.parametrize(
+    ("layers", "expected"),
+    [
+        # Each axis of a non-square kernel reaches as far as a square kernel of its side.
+        (
+            [keras.layers.Conv2D(1, (1, 5), padding="same")],
+            zoo.Geometry(steps=(1, 1), receptive_fields=(1, 5), halos=(0, 2), borders=(0, 2)),
+        ),
+        # Pooling along x only: y keeps step 1 and gains no context.
+        (
+            [keras.layers.MaxPooling2D((1, 2)), keras.layers.UpSampling2D((1, 2))],
+            zoo.Geometry(steps=(1, 2), receptive_fields=(1, 3), halos=(0, 1), borders=(0, 1)),
+        ),
+        (
+            [
+                keras.layers.Conv2D(1, 3, strides=(1, 2), padding="same"),
+                keras.layers.Conv2DTranspose(1, (1, 2), strides=(1, 2), padding="same"),
+            ],
+            zoo.Geometry(steps=(1, 2), receptive_fields=(3, 4), halos=(1, 2), borders=(1, 2)),
+        ),
+    ],
+    ids=["conv-1x5", "pool-x-only", "strided-x-only"],
+)
+def test_each_axis_is_walked_on_its_own(layers, expected):
+    assert zoo.model_geometry(sequential_model(*layers)) == expected
+
+
+class PerAxisLayer(keras.layers.Layer):
+    """A layer that describes its footprint per axis (reads 2 pixels up, 1 to the right), as a custom
+    layer may."""
+
+    def call(self, inputs):
+        return inputs
+
+    def spatial_footprint(self):
+        return ((-2, 0, 1), (0, 1, 1))
+
+
+def test_custom_layer_footprint_may_be_given_per_axis():
+    expected = zoo.Geometry(steps=(1, 1), receptive_fields=(3, 2), halos=(2, 1), borders=(2, 1))
+    assert zoo.model_geometry(sequential_model(PerAxisLayer())) == expected
+
+
+def test_scalar_properties_give_the_shared_value_of_a_square_model():
+    geometry = square(4, 47, 23, 24)
+    assert geometry.ndim == 2
+    assert (geometry.step, geometry.receptive_field, geometry.halo, geometry.border) == (4, 47, 23, 24)
+
+
+@pytest.mark.parametrize("field", ["step", "receptive_field", "halo", "border"])
+def test_scalar_properties_refuse_a_model_whose_axes_differ(field):
+    geometry = zoo.Geometry(steps=(1, 2), receptive_fields=(3, 5), halos=(1, 2), borders=(1, 3))
+    with pytest.raises(ValueError, match=rf"{field}.*{re.escape(str(getattr(geometry, field + 's')))}"):
+        getattr(geometry, field)
+
+
 def test_merge_of_two_branches_takes_the_wider_footprint():
     inputs = keras.Input(shape=(None, None, 1), name="input")
     narrow = keras.layers.Conv2D(1, 3, padding="same", name="narrow")(inputs)
     wide = keras.layers.Conv2D(1, 7, padding="same", name="wide")(inputs)
     model = keras.Model(inputs, keras.layers.Add(name="add")([narrow, wide]))
-    assert zoo.model_geometry(model) == zoo.Geometry(step=1, receptive_field=7, halo=3, border=3)
+    assert zoo.model_geometry(model) == square(1, 7, 3, 3)
 
 
 @pytest.mark.parametrize(
@@ -107,12 +174,39 @@ def test_merge_of_two_branches_takes_the_wider_footprint():
         keras.layers.Conv2D(1, 3, padding="valid"),
         keras.layers.MaxPooling2D(pool_size=3, strides=2, padding="same"),
         keras.layers.Conv2DTranspose(1, 3, strides=2, padding="same"),
+        keras.layers.MaxPooling2D(pool_size=(2, 3), strides=(2, 2)),
+        keras.layers.Conv2DTranspose(1, (2, 3), strides=(2, 2), padding="same"),
+        keras.layers.UpSampling2D(2, interpolation="bilinear"),
     ],
-    ids=["zero-padding", "valid-conv", "overlapping-pool", "transpose-kernel-not-stride"],
+    ids=[
+        "zero-padding",
+        "valid-conv",
+        "overlapping-pool",
+        "transpose-kernel-not-stride",
+        "pool-not-stride-on-one-axis",
+        "transpose-kernel-not-stride-on-one-axis",
+        "bilinear-upsampling",
+    ],
 )
 def test_unsupported_layer_raises_not_implemented(layer):
     with pytest.raises(NotImplementedError, match=layer.name):
         zoo.model_geometry(sequential_model(layer))
+
+
+def test_portable_copy_of_n2v2_has_the_geometry_of_the_model():
+    # Its blur pools are stacks of Keras layers (zero padding, `valid` convolution) walked one by one.
+    from export.portable import portable_model
+
+    model = zoo.build_model("n2v2", depth=2, base_filters=2)
+    assert zoo.model_geometry(portable_model(model)) == zoo.model_geometry(model)
+
+
+def test_layer_stack_that_shifts_sizes_raises_not_implemented():
+    stack = keras.Sequential(
+        [keras.layers.ZeroPadding2D(1), keras.layers.MaxPooling2D(2, strides=1)], name="shifting_stack"
+    )
+    with pytest.raises(NotImplementedError, match="shifting_stack"):
+        zoo.model_geometry(sequential_model(stack))
 
 
 def test_output_at_another_scale_than_the_input_raises():

@@ -10,7 +10,8 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from training.synthetic import synthetic_nuclei_image, write_synthetic_dataset
+from training.synthetic import synthetic_nuclei_image
+from training.synthetic_files import write_synthetic_dataset
 
 
 def _image(seed: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:

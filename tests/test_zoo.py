@@ -5,7 +5,9 @@ The tests at the top loop over `zoo.MODELS`, so a newly registered model gets th
 
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 from pathlib import Path
 
 import keras
@@ -108,6 +110,30 @@ def test_build_model_passes_the_model_name_to_the_builder():
     assert model.name == "small_unet"
 
 
+def _without_dtypes(config):
+    """`config` less every dtype: the shipped model was saved under mixed precision."""
+    if isinstance(config, dict):
+        return {key: _without_dtypes(value) for key, value in config.items() if key != "dtype"}
+    if isinstance(config, list):
+        return [_without_dtypes(value) for value in config]
+    return config
+
+
+def test_2d_unet_is_built_as_the_shipped_model_was():
+    # The shipped checkpoint records the U-Net as it was built before 3D existed: the builder's 3D
+    # options must leave every 2D layer, name, setting and weight shape as they were.
+    folder = Path(zoo.__file__).parent / "models" / "nuclei"
+    options = json.loads((folder / "config.json").read_text())
+    built_with = ("depth", "base_filters", "kernel_size", "batch_norm", "dropout", "upsampling")
+    model = zoo.build_model("unet", **{key: options[key] for key in built_with})
+    with zipfile.ZipFile(folder / "best.keras") as archive:
+        shipped = json.loads(archive.read("config.json"))["config"]
+    ours = json.loads(json.dumps(model.get_config(), default=str))
+    assert _without_dtypes(ours["layers"]) == _without_dtypes(shipped["layers"])
+    loaded = keras.saving.load_model(folder / "best.keras", compile=False)
+    assert [w.shape for w in model.weights] == [w.shape for w in loaded.weights]
+
+
 # === U-Net options ===
 
 
@@ -201,6 +227,14 @@ def test_unet_output_is_float32_under_mixed_precision(tiny_model):
         {"dropout": -0.1},
         {"upsampling": "bilinear"},
         {"downsampling": "average"},
+        {"ndim": 1},
+        {"ndim": 4},
+        {"pool_sizes": [2, 2]},  # depth 3 needs three
+        {"pool_sizes": [(1, 2, 2), 2, 2]},  # three axes for a 2D model
+        {"pool_sizes": [0, 2, 2]},
+        {"kernel_size": (3, 4)},
+        {"kernel_size": (3, 3, 3)},
+        {"pool_sizes": [(1, 2), 2, 2], "downsampling": "blur"},  # MaxBlurPool2D pools both axes
     ],
     ids=lambda arguments: "-".join(f"{k}={v}" for k, v in arguments.items()),
 )

@@ -162,6 +162,62 @@ class UNetOptions(BaseModel):
         return self
 
 
+class VolumeOptions(BaseModel):
+    """Options of the tasks that train on images or on volumes (segmentation, denoising): how many spatial
+    axes, how a volume's axes are read, and the shape of its patches and of its network along z."""
+
+    ndim: Literal[2, 3] | None = Field(
+        None,
+        description="Spatial axes: 2 (images) or 3 (volumes, a 3D network); default: 3 where the data are "
+        "volumes (segmentation: the masks; denoising: 2, a stack is then denoised slice by slice), 2 for "
+        "the embedded demos.",
+    )
+    axes: str | None = Field(
+        None,
+        description="Axes of the image files, e.g. ZYX, ZCYX, CZYX, TYX, where their metadata lacks them "
+        "or is wrong; overrides the metadata (T is time and is never read as z).",
+    )
+    patch_depth: int = Field(
+        16, ge=1, le=4096, description="Depth (z) of the training patches of volumes, in slices."
+    )
+    anisotropy: float | None = Field(
+        None,
+        ge=1.0,
+        le=64.0,
+        description="Volumes: z spacing / xy pixel size; default: from the files' pixel sizes, else 1. The "
+        "network pools z only from the level at which its xy pixels have grown to about the z spacing.",
+    )
+
+    def patch_shape(self) -> int | tuple[int, int, int]:
+        """The training patch: a square of `patch_size` (2D), or `patch_depth` x `patch_size` squared."""
+        return (self.patch_depth, self.patch_size, self.patch_size) if self.ndim == 3 else self.patch_size
+
+    def volume_arguments(self) -> dict:
+        """The arguments of the zoo's builders for the spatial axes: none in 2D (the models of 2D runs stay
+        as they were), `ndim` and the per-level pool sizes that `anisotropy` gives in 3D. Needs the
+        network's `depth` (the options class mixes in `UNetOptions`)."""
+        if self.ndim != 3:
+            return {}
+        from zoo import anisotropic_pool_sizes
+
+        return {
+            "ndim": 3,
+            "pool_sizes": anisotropic_pool_sizes(depth=self.depth, anisotropy=self.anisotropy or 1.0),
+        }
+
+    @model_validator(mode="after")
+    def _check_volume(self):
+        if self.axes is not None:
+            from base.errors import UserInputError
+            from training.images import parse_axes
+
+            try:
+                self.__dict__["axes"] = parse_axes(self.axes)
+            except UserInputError as error:
+                raise ValueError(str(error)) from None
+        return self
+
+
 class PairSplitOptions(BaseModel):
     """How the tasks that learn from pairs of files (image and mask, low and high) split them."""
 

@@ -69,6 +69,7 @@ def _train(task: Task, config: TrainingConfig, resume_dir: Path | None) -> Path:
     # Generated data (an embedded demo) is made in a scratch folder, then kept in the run folder.
     with nullcontext() if resume_dir is not None else tempfile.TemporaryDirectory(prefix="bkz-") as scratch:
         data = task.load_data(config, resume_dir=resume_dir, scratch=scratch and Path(scratch))
+        config = task.resolve(config, data)
         if source is not None:
             check_fits(source, task.build_model(config, data.channels), channels=data.channels)
         run_dir = resume_dir or new_run_dir(config, task.name)

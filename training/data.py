@@ -27,7 +27,14 @@ import numpy as np
 from base.errors import UserInputError
 from base.run_folder import DATA_DIR, SPLIT_FILE, read_record
 from training.files import write_json
-from training.images import list_images, percentile_normalize, read_image, read_mask
+from training.images import (
+    list_images,
+    percentile_normalize,
+    read_image,
+    read_mask,
+    read_mask_volume,
+    read_volume,
+)
 from training.targets import instance_to_classes
 
 SPLITS = ("train", "val", "test")
@@ -35,7 +42,8 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Sample:
-    """One image, normalised to (Y, X, C) float32, with its instance labels and class map."""
+    """One image, normalised to (Y, X, C) float32 (a volume: (Z, Y, X, C)), with its instance labels and
+    class map."""
 
     name: str
     image: np.ndarray
@@ -211,27 +219,39 @@ def load_samples(
     channel_axis: int | None,
     percentiles: tuple[float, float],
     boundary_width: int,
+    ndim: int = 2,
+    axes: str | None = None,
+    anisotropy: float = 1.0,
 ) -> tuple[list[Sample], list[str]]:
-    """Read, check and prepare every pair; return the samples and one problem line per bad file."""
+    """Read, check and prepare every pair; return the samples and one problem line per bad file.
+
+    `ndim` 3 reads volumes (Z, Y, X, C) with masks (Z, Y, X), their axes from `axes` (the images'; the
+    masks' are the same without C) or the files' metadata; the boundary class is then `boundary_width`
+    xy pixels wide, a z slice counting as `anisotropy` of them."""
     samples, problems = [], []
     for image_path, mask_path in pairs:
         try:
-            image = read_image(image_path, channel_axis=channel_axis)
-            labels = read_mask(mask_path)
-            if image.shape[:2] != labels.shape:
+            if ndim == 3:
+                image = read_volume(image_path, axes=axes).data
+                labels = read_mask_volume(mask_path, axes=axes and axes.replace("C", ""))
+            else:
+                image = read_image(image_path, channel_axis=channel_axis)
+                labels = read_mask(mask_path)
+            if image.shape[:-1] != labels.shape:
                 raise UserInputError(
                     f"{mask_path}: mask shape {labels.shape} differs from image shape "
-                    f"{image.shape[:2]} of {image_path.name}"
+                    f"{image.shape[:-1]} of {image_path.name}"
                 )
         except UserInputError as error:
             problems.append(str(error))
             continue
+        sampling = (anisotropy, 1.0, 1.0) if ndim == 3 else None
         samples.append(
             Sample(
                 name=image_path.stem,
                 image=percentile_normalize(image, *percentiles),
                 labels=labels,
-                classes=instance_to_classes(labels, boundary_width=boundary_width),
+                classes=instance_to_classes(labels, boundary_width=boundary_width, sampling=sampling),
             )
         )
     channels = {s.image.shape[-1] for s in samples}

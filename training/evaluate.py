@@ -25,11 +25,11 @@ FOREGROUND_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 def tune_postprocessing(probabilities: list[np.ndarray], labels: list[np.ndarray], *, config) -> dict:
     """The thresholds of `classes_to_instances` that give the best F1 at IoU 0.5 on these images.
 
-    `probabilities` are the (Y, X, 3) predictions of the images whose true instance `labels` are given
-    (the validation images). A grid over the interior threshold, the foreground threshold and the
-    minimum object size (a third, one and two times the configured one); ties go to the higher mean
-    average precision at IoU 0.5 and 0.75, then to the configured values. Returns the chosen values
-    under POSTPROCESSING_KEYS, their F1, and the scores of every grid point.
+    `probabilities` are the (Y, X, 3) or (Z, Y, X, 3) predictions of the images or volumes whose true
+    instance `labels` are given (the validation images). A grid over the interior threshold, the
+    foreground threshold and the minimum object size (a third, one and two times the configured one);
+    ties go to the higher mean average precision at IoU 0.5 and 0.75, then to the configured values.
+    Returns the chosen values under POSTPROCESSING_KEYS, their F1, and the scores of every grid point.
     """
     size = config.min_object_size
     configured = tuple(getattr(config, key) for key in POSTPROCESSING_KEYS)
@@ -70,7 +70,8 @@ def predict_segmentation(
     model: Predictor, image: np.ndarray, *, geometry: Geometry, config
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (Y, X, 3) and instance labels (Y, X) of a normalised (Y, X, C) image; `model`
-    is a Keras model or a batch predictor of `training.engines`."""
+    is a Keras model or a batch predictor of `training.engines`. Volumes (Z, Y, X, C) pass through as far
+    as `training.tiling.predict_with_geometry` takes them."""
     probabilities = predict_with_geometry(model, image, geometry, tile_size=config.tile_size)
     instances = classes_to_instances(
         probabilities,
@@ -82,7 +83,7 @@ def predict_segmentation(
 
 
 def evaluate_segmentation(model: keras.Model, samples: list[Sample], *, geometry: Geometry, config) -> dict:
-    """Pixel IoU per class and dataset-level instance metrics over `samples`."""
+    """Pixel IoU per class and dataset-level instance metrics over `samples` (images or volumes)."""
     confusion = np.zeros((len(CLASS_NAMES), len(CLASS_NAMES)), dtype=np.int64)
     pairs = []
     for sample in samples:

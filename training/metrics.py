@@ -1,6 +1,8 @@
 """Evaluation of segmentation results: pixel IoU per class and instance matching metrics.
 
-Label images are integer arrays with 0 as background; object ids need not be sequential.
+Label images are integer arrays with 0 as background; object ids need not be sequential. Every function
+works on flattened arrays, so a 3D label volume (or a class volume) is measured exactly like an image,
+objects being counted and overlapped in voxels.
 """
 
 from __future__ import annotations

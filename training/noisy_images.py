@@ -1,5 +1,5 @@
-"""Denoising data: noisy images (a file or folder; 3D stacks as 2D slices) with optional clean references,
-the embedded demo, and the split into training and validation pixels."""
+"""Denoising data: noisy images (a file or folder; 3D stacks as 2D slices, or as volumes for a 3D network)
+with optional clean references, the embedded demos, and the split into training and validation pixels."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import numpy as np
 import tifffile
 
 from base.errors import UserInputError
-from training.images import list_images, read_image_slices
+from training.images import list_images, read_image_slices, read_volume
+from training.volumes import thin_volumes
 
 
 @dataclass
 class NoisyImage:
-    """One noisy 2D image (Y, X, C) in its original intensities, with its clean reference if any."""
+    """One noisy image (Y, X, C) or volume (Z, Y, X, C) in its original intensities, with its clean
+    reference if any."""
 
     name: str
     noisy: np.ndarray
@@ -34,13 +36,22 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
-def load_noisy_images(data: Path, clean: Path | None, *, channel_axis: int | None) -> list[NoisyImage]:
-    """Read every noisy image (3D stacks as 2D slices) and its clean reference; all problems at once."""
+def load_noisy_images(
+    data: Path, clean: Path | None, *, channel_axis: int | None, ndim: int = 2, axes: str | None = None
+) -> list[NoisyImage]:
+    """Read every noisy image and its clean reference; all problems at once. `ndim` 2 reads 3D stacks as
+    2D slices; 3 reads each file as one volume (its axes from `axes` or the file's metadata)."""
+
+    def read(path: Path) -> list[np.ndarray]:
+        if ndim == 3:
+            return [read_volume(path, axes=axes).data]
+        return read_image_slices(path, channel_axis=channel_axis)
+
     images, problems = [], []
     clean_files = {p.stem: p for p in _files(clean)} if clean is not None else {}
     for path in _files(data):
         try:
-            slices = read_image_slices(path, channel_axis=channel_axis)
+            slices = read(path)
             references: list[np.ndarray | None] = [None] * len(slices)
             if clean is not None:
                 reference = clean_files.get(path.stem) or (
@@ -48,7 +59,7 @@ def load_noisy_images(data: Path, clean: Path | None, *, channel_axis: int | Non
                 )
                 if reference is None:
                     raise UserInputError(f"{path}: no clean reference named {path.stem}.* in {clean}")
-                references = read_image_slices(reference, channel_axis=channel_axis)
+                references = read(reference)
                 if [r.shape for r in references] != [s.shape for s in slices]:
                     raise UserInputError(f"{reference}: clean reference shape differs from {path.name}")
         except UserInputError as error:
@@ -82,11 +93,30 @@ def embedded_demo(out_dir: Path, *, sigma: float, seed: int) -> tuple[Path, Path
     return out_dir / "noisy.tif", out_dir / "clean.tif"
 
 
+def embedded_demo_volume(out_dir: Path, *, sigma: float, seed: int) -> tuple[Path, Path]:
+    """A synthetic nuclei volume (`training.synthetic`, 32 x 96 x 96, z spacing 2 xy pixels) before the
+    detector's noise, scaled to 0-255, with Gaussian noise of `sigma`; writes noisy.tif and clean.tif
+    (ImageJ stacks with their axes and spacing) into `out_dir`."""
+    from training.synthetic import synthetic_nuclei_volume
+
+    anisotropy = 2.0
+    clean, _ = synthetic_nuclei_volume(np.random.default_rng(seed), anisotropy=anisotropy, detector=False)
+    clean = (255.0 * clean / clean.max()).astype(np.float32)
+    noisy = clean + np.random.default_rng([seed, 1]).normal(0.0, sigma, clean.shape).astype(np.float32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    options = {"imagej": True, "resolution": (1.0, 1.0)}
+    options["metadata"] = {"axes": "ZYX", "spacing": anisotropy, "unit": "um"}
+    tifffile.imwrite(out_dir / "noisy.tif", noisy, **options)
+    tifffile.imwrite(out_dir / "clean.tif", clean, **options)
+    return out_dir / "noisy.tif", out_dir / "clean.tif"
+
+
 def split_images(
     images: list[NoisyImage], *, val_fraction: float, patch_size: int, seed: int
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Training and validation arrays: whole images held out when there are at least 3, otherwise the
-    bottom rows of every image (validation patches never overlap training pixels)."""
+    bottom rows of every image (of every slice of a volume), so validation patches never overlap training
+    pixels."""
     arrays = [image.noisy for image in images]
     if len(arrays) >= 3:
         order = np.random.default_rng(seed).permutation(len(arrays))
@@ -94,27 +124,31 @@ def split_images(
         return [arrays[i] for i in order[n_val:]], [arrays[i] for i in order[:n_val]]
     train, val = [], []
     for image in images:
-        rows = max(round(val_fraction * image.noisy.shape[0]), patch_size // 2)
-        if image.noisy.shape[0] - rows < patch_size // 2:
+        height = image.noisy.shape[-3]
+        rows = max(round(val_fraction * height), patch_size // 2)
+        if height - rows < patch_size // 2:
             raise UserInputError(
-                f"{image.where or image.name}: {image.noisy.shape[0]} rows are too few to hold out "
+                f"{image.where or image.name}: {height} rows are too few to hold out "
                 f"{rows} validation rows and train on patches of {patch_size}"
             )
-        train.append(image.noisy[:-rows])
-        val.append(image.noisy[-rows:])
+        train.append(image.noisy[..., :-rows, :, :])
+        val.append(image.noisy[..., -rows:, :, :])
     return train, val
 
 
-def check_sizes(images: list[NoisyImage], patch_size: int) -> None:
+def check_sizes(images: list[NoisyImage], patch_size: int, *, patch_depth: int | None = None) -> None:
+    """Refuse images too small for the patches (`patch_depth`: of volumes, in z) and constant images."""
     problems = []
     for image in images:
-        height, width = image.noisy.shape[:2]
+        height, width = image.noisy.shape[-3:-1]
         # Mirror padding can stretch an image to the patch size, but not from less than half of it.
         if min(height, width) < patch_size // 2:
             problems.append(
                 f"{image.where or image.name}: image of {height}x{width} pixels is too small for patches of "
                 f"{patch_size} (needs at least {patch_size // 2} per side; lower --patch-size)"
             )
+        if patch_depth is not None:
+            problems += thin_volumes({image.where or image.name: image.noisy.shape}, patch_depth=patch_depth)
         if np.all(image.noisy == image.noisy.reshape(-1, image.noisy.shape[-1])[0]):
             problems.append(f"{image.where or image.name}: image is constant; there is nothing to denoise")
     if problems:

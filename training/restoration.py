@@ -19,7 +19,7 @@ import numpy as np
 from base.run_folder import NORMALIZATION_FILE, read_record
 from export import processing
 from export.declaration import Operation
-from training.images import read_image_slices, write_tiff_atomic
+from training.images import read_image_slices, read_volume, write_tiff_atomic
 from training.tiling import Predictor, predict_tta, predict_with_geometry
 from zoo import model_geometry
 
@@ -67,9 +67,9 @@ def restore_image(
     tta: bool = False,
     runner: Predictor | None = None,
 ) -> np.ndarray:
-    """Restore a (Y, X, C) image in its original intensities; returns float32 in the output's
-    intensities. `runner` (default: the model) predicts the tiles, e.g. a predictor of
-    `training.engines`."""
+    """Restore a (Y, X, C) image (or a (Z, Y, X, C) volume, with a 3D model) in its original
+    intensities; returns float32 in the output's intensities. `runner` (default: the model) predicts the
+    tiles, e.g. a predictor of `training.engines`."""
     geometry = model_geometry(model)
 
     def predict(normalized: np.ndarray) -> np.ndarray:
@@ -81,16 +81,22 @@ def restore_image(
 
 
 def restore_file(path: Path, target: Path, *, run_dir: Path, config, model: keras.Model, runner) -> None:
-    """Restore an image file (a 3D stack slice by slice) with a run's model and normalisation, and write
-    it to `target`; `config` is the run's options (channel axis, tile size, TTA)."""
+    """Restore an image file with a run's model and normalisation, and write it to `target`; `config` is
+    the run's options (channel axis, tile size, TTA, and for a 3D network the volume's axes). A 3D stack
+    is restored slice by slice by a 2D network, as one volume by a 3D one."""
     stats = read_normalization(run_dir)
-    restored = np.stack(
-        [
-            restore_image(model, s, stats=stats, tile_size=config.tile_size, tta=config.tta, runner=runner)
-            for s in read_image_slices(path, channel_axis=config.channel_axis)
-        ]
+
+    def restored(image: np.ndarray) -> np.ndarray:
+        return restore_image(
+            model, image, stats=stats, tile_size=config.tile_size, tta=config.tta, runner=runner
+        )
+
+    if getattr(config, "ndim", None) == 3:
+        write_restored(target, restored(read_volume(path, axes=config.axes).data))
+        return
+    write_restored(
+        target, np.stack([restored(s) for s in read_image_slices(path, channel_axis=config.channel_axis)])
     )
-    write_restored(target, restored)
 
 
 def image_quality(clean: np.ndarray, image: np.ndarray) -> dict[str, float]:

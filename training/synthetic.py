@@ -1,6 +1,7 @@
 """Synthetic fluorescence-nuclei images with exact instance masks.
 
-This is the project's embedded default dataset: ``python -m training.segment`` must be able to train
+This is the project's embedded default dataset (written to files by `training.synthetic_files`):
+``python -m training.segment`` must be able to train
 offline, without downloading anything, on data that still looks like the real thing. The generator is
 calibrated against DSB2018 fluorescence nuclei crops (uint8, dark background of a few to ~15 counts,
 nuclei of roughly 100-600 px at 256x256, mean nuclear intensity ~20-110 counts, clusters in which
@@ -10,22 +11,23 @@ objects, dim nuclei, blurred edges, uneven illumination and shot noise.
 The mask is the ground truth the image is rendered *from* (not segmented from it afterwards), so every
 labelled pixel is exactly where the fluorophore was placed, and objects removed while cleaning the mask
 are absent from the image as well.
+
+Volumes (``synthetic_nuclei_volume``) go through the same code in three dimensions: ellipsoids placed in
+physical units (a z slice is ``anisotropy`` xy pixels thick), then textured, blurred and noised with every
+length scaled per axis, so a volume is as hard in each slice as a 2D image is.
 """
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import numpy as np
-import tifffile
 from scipy import ndimage as ndi
 
-__all__ = ["synthetic_nuclei_image", "write_synthetic_dataset"]
+__all__ = ["synthetic_nuclei_image", "synthetic_nuclei_volume"]
 
 # Objects smaller than this are dropped: they would be unrealistic slivers left by occlusion, and
 # the downstream boundary/interior encoding needs some interior to be meaningful.
 MIN_OBJECT_PX = 20
+MIN_OBJECT_VOXELS = 60
 # Nuclei may overlap a little so that neighbours share a border (which is what the boundary class is
 # for) without one nucleus being swallowed by another.
 _MAX_NEW_OVERLAP = 0.20
@@ -34,34 +36,40 @@ _MAX_OCCLUDED_LOSS = 0.30
 # layout at this density would almost never produce touching pairs.
 _P_CLUSTER = 0.45
 _ATTEMPTS_PER_NUCLEUS = 25
-_SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}
+# A confocal PSF is about two (a widefield one more) times longer along the optical axis than across it.
+_AXIAL_PSF_ELONGATION = 2.0
+# Fraction of the volume the nuclei are meant to fill when the number of nuclei is not given.
+_VOLUME_FILL = (0.10, 0.22)
 
 
-def _validate_image_args(
-    shape: tuple[int, int], n_nuclei: tuple[int, int], radius: tuple[float, float]
-) -> tuple[int, int]:
-    if len(shape) != 2 or min(shape) < 16:
-        raise ValueError(f"shape must be two ints >= 16, got {shape!r}")
+def _validate_args(
+    shape: tuple[int, ...], n_nuclei: tuple[int, int], radius: tuple[float, float], *, ndim: int
+) -> tuple[int, ...]:
+    # z may be thin (a few slices); y and x must hold at least one nucleus.
+    if len(shape) != ndim or min(shape[-2:]) < 16 or min(shape) < 4:
+        raise ValueError(f"shape must be {ndim} ints (y and x >= 16, z >= 4), got {shape!r}")
     if len(n_nuclei) != 2 or not 0 <= n_nuclei[0] <= n_nuclei[1]:
         raise ValueError(f"n_nuclei must be (lo, hi) with 0 <= lo <= hi, got {n_nuclei!r}")
     if len(radius) != 2 or not 1.0 <= radius[0] <= radius[1]:
         raise ValueError(f"radius must be (lo, hi) with 1 <= lo <= hi, got {radius!r}")
-    return int(shape[0]), int(shape[1])
+    return tuple(int(n) for n in shape)
 
 
 def _rasterise_nucleus(
     rng: np.random.Generator,
-    center: tuple[float, float],
-    axes: tuple[float, float],
-    shape: tuple[int, int],
-) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
-    """Rasterise one irregular ellipse inside its bounding box.
+    center: tuple[float, ...],
+    axes: tuple[float, ...],
+    shape: tuple[int, ...],
+) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray] | None:
+    """Rasterise one irregular ellipse (an ellipsoid in 3D) inside its bounding box.
 
-    Returns ``(bbox, inside, rho)`` where ``rho`` is the normalised radius (0 at the centre, 1 at the
-    outline), later used for the nuclear intensity profile, or ``None`` if the nucleus lies outside.
+    ``center`` and the semi-``axes`` are in pixels, ordered like ``shape`` ((z,) y, x); the y and x axes
+    are turned by a random angle, z stays the optical axis. Returns ``(bbox, inside, rho)`` where ``rho``
+    is the normalised radius (0 at the centre, 1 at the outline), later used for the nuclear intensity
+    profile, or ``None`` if the nucleus lies outside.
     """
-    cy, cx = center
-    a, b = axes
+    cy, cx = center[-2:]
+    a, b = axes[-2:]
     theta = rng.uniform(0.0, np.pi)
     # Low harmonics only: real nuclear envelopes are smooth, slightly lumpy or kidney-shaped, never
     # jagged. Amplitudes decay with order and stay small so the shape remains star-shaped and simply
@@ -70,41 +78,67 @@ def _rasterise_nucleus(
     amps = rng.normal(0.0, 0.045, size=orders.size) / np.sqrt(orders - 1)
     phases = rng.uniform(0.0, 2 * np.pi, size=orders.size)
 
-    reach = max(a, b) * (1.0 + np.abs(amps).sum()) + 1.0
-    y0, y1 = max(int(np.floor(cy - reach)), 0), min(int(np.ceil(cy + reach)) + 1, shape[0])
-    x0, x1 = max(int(np.floor(cx - reach)), 0), min(int(np.ceil(cx + reach)) + 1, shape[1])
-    if y0 >= y1 or x0 >= x1:
+    lumps = 1.0 + np.abs(amps).sum()
+    reach = [axis * lumps + 1.0 for axis in axes[:-2]] + [max(a, b) * lumps + 1.0] * 2
+    bbox = tuple(
+        slice(max(int(np.floor(c - r)), 0), min(int(np.ceil(c + r)) + 1, n))
+        for c, r, n in zip(center, reach, shape, strict=True)
+    )
+    if any(sl.start >= sl.stop for sl in bbox):
         return None
 
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    dy, dx = yy - cy, xx - cx
+    grid = np.mgrid[bbox].astype(np.float32)
+    dy, dx = grid[-2] - cy, grid[-1] - cx
     cos_t, sin_t = np.cos(theta), np.sin(theta)
     u = dx * cos_t + dy * sin_t
     v = -dx * sin_t + dy * cos_t
-    ellipse_r = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+    ellipse_r2 = (u / a) ** 2 + (v / b) ** 2
+    for coords, c, axis in zip(grid[:-2], center[:-2], axes[:-2], strict=True):
+        ellipse_r2 = ellipse_r2 + ((coords - c) / axis) ** 2
+    ellipse_r = np.sqrt(ellipse_r2)
+    # The lumps follow the azimuth only: seen from above a nucleus is kidney-shaped, not its z profile.
     phi = np.arctan2(v, u)
-    outline = 1.0 + (amps[:, None, None] * np.cos(orders[:, None, None] * phi + phases[:, None, None])).sum(0)
+    per_order = (-1,) + (1,) * phi.ndim
+    outline = 1.0 + (
+        amps.reshape(per_order) * np.cos(orders.reshape(per_order) * phi + phases.reshape(per_order))
+    ).sum(0)
     rho = ellipse_r / outline
     inside = rho <= 1.0
     if not inside.any():
         return None
-    return (slice(y0, y1), slice(x0, x1)), inside, rho.astype(np.float32)
+    return bbox, inside, rho.astype(np.float32)
+
+
+def _cluster_direction(rng: np.random.Generator, ndim: int) -> tuple[float, ...]:
+    """Unit vector from a nucleus to a neighbour placed against it, ordered (z,) y, x."""
+    angle = rng.uniform(0.0, 2 * np.pi)
+    if ndim == 2:
+        return np.sin(angle), np.cos(angle)
+    # Mostly sideways: nuclei touch above one another too, but a tilted contact is the common case.
+    dz = rng.uniform(-0.6, 0.6)
+    across = np.sqrt(1.0 - dz * dz)
+    return dz, across * np.sin(angle), across * np.cos(angle)
 
 
 def _place_nuclei(
     rng: np.random.Generator,
-    shape: tuple[int, int],
+    shape: tuple[int, ...],
     n_target: int,
     radius: tuple[float, float],
+    *,
+    spacing: tuple[float, ...],
+    min_size: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Place nuclei with limited overlap; later nuclei occlude earlier ones.
 
-    Returns the raw label map (int32, ids 1..k in placement order, possibly with fragments), the
+    Positions and sizes are drawn in physical units (``spacing`` is the size of a pixel along each axis,
+    in xy pixels) and rasterised in pixels. In 3D the z semi-axis is 0.7-1 times the xy ones. Returns
+    the raw label map (int32, ids 1..k in placement order, possibly with fragments), the
     normalised-radius map and a per-id "condensed" flag array (index 0 unused).
     """
     labels = np.zeros(shape, dtype=np.int32)
     rho_map = np.ones(shape, dtype=np.float32)
-    centers: list[tuple[float, float]] = []
+    centers: list[tuple[float, ...]] = []
     mean_radii: list[float] = []
     condensed: list[bool] = [False]
     areas: list[int] = [0]
@@ -117,27 +151,34 @@ def _place_nuclei(
         is_condensed = rng.random() < 0.06
         hi = r_lo + 0.35 * (r_hi - r_lo) if is_condensed else r_hi
         a, b = rng.uniform(r_lo, hi, size=2)
-        r_new = 0.5 * (a + b)
+        semi_axes = (a, b) if len(shape) == 2 else (rng.uniform(0.7, 1.0) * 0.5 * (a + b), a, b)
+        r_new = sum(semi_axes) / len(semi_axes)
 
         if centers and rng.random() < _P_CLUSTER:
             j = int(rng.integers(len(centers)))
-            direction = rng.uniform(0.0, 2 * np.pi)
+            direction = _cluster_direction(rng, len(shape))
             # Slightly less than the sum of radii gives a shared border after occlusion; slightly more
             # gives the near-touching pairs separated by a 1-2 px gap that are just as common.
             dist = (mean_radii[j] + r_new) * rng.uniform(0.78, 1.03)
-            cy = centers[j][0] + dist * np.sin(direction)
-            cx = centers[j][1] + dist * np.cos(direction)
+            center = tuple(c + dist * d for c, d in zip(centers[j], direction, strict=True))
         else:
             # Centres may fall just outside the frame so that nuclei are cut by the border, as in crops.
-            cy = rng.uniform(-0.3 * r_new, shape[0] + 0.3 * r_new)
-            cx = rng.uniform(-0.3 * r_new, shape[1] + 0.3 * r_new)
+            center = tuple(
+                rng.uniform(-0.3 * r_new, n * step + 0.3 * r_new)
+                for n, step in zip(shape, spacing, strict=True)
+            )
 
-        raster = _rasterise_nucleus(rng, (cy, cx), (a, b), shape)
+        raster = _rasterise_nucleus(
+            rng,
+            tuple(c / step for c, step in zip(center, spacing, strict=True)),
+            tuple(axis / step for axis, step in zip(semi_axes, spacing, strict=True)),
+            shape,
+        )
         if raster is None:
             continue
         bbox, inside, rho = raster
         n_px = int(inside.sum())
-        if n_px < MIN_OBJECT_PX:
+        if n_px < min_size:
             continue
         covered = labels[bbox][inside]
         if np.count_nonzero(covered) > _MAX_NEW_OVERLAP * n_px:
@@ -149,23 +190,23 @@ def _place_nuclei(
         new_id = len(centers) + 1
         labels[bbox][inside] = new_id
         rho_map[bbox][inside] = rho[inside]
-        centers.append((cy, cx))
+        centers.append(center)
         mean_radii.append(r_new)
         condensed.append(is_condensed)
         areas.append(n_px)
     return labels, rho_map, np.asarray(condensed, dtype=bool)
 
 
-def _clean_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _clean_labels(labels: np.ndarray, *, min_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Drop tiny or fragmented objects and relabel 1..N; returns (mask uint16, old ids kept)."""
     keep: list[int] = []
     for old_id, sl in enumerate(ndi.find_objects(labels), start=1):
         if sl is None:
             continue
         obj = labels[sl] == old_id
-        if obj.sum() < MIN_OBJECT_PX:
+        if obj.sum() < min_size:
             continue
-        # Default (4-)connectivity: the strictest common definition, so the mask is valid for any
+        # Default (4-, in 3D 6-)connectivity: the strictest common definition, so the mask is valid for any
         # consumer. Fragments are dropped rather than trimmed because a nucleus split by an occluder
         # is not something the image should teach.
         _, n_comp = ndi.label(obj)
@@ -176,10 +217,88 @@ def _clean_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lut[labels], np.asarray(keep, dtype=np.int64)
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    """Zero-mean, unit-std Gaussian random field with correlation length ~sigma."""
-    field = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+def _smooth_noise(
+    rng: np.random.Generator, shape: tuple[int, ...], sigma: float, spacing: tuple[float, ...]
+) -> np.ndarray:
+    """Zero-mean, unit-std Gaussian random field with correlation length ~sigma xy pixels."""
+    sigmas = tuple(sigma / step for step in spacing)
+    field = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigmas)
     return (field - field.mean()) / (field.std() + 1e-8)
+
+
+def _render(
+    rng: np.random.Generator,
+    mask: np.ndarray,
+    rho_map: np.ndarray,
+    condensed: np.ndarray,
+    *,
+    spacing: tuple[float, ...],
+    detector: bool = True,
+) -> np.ndarray:
+    """The uint8 fluorescence image of the nuclei in `mask` (labels 1..N, `condensed` flags per label);
+    without `detector`, the float32 intensities that reach the detector (no shot or read noise)."""
+    shape, n = mask.shape, int(mask.max())
+    h, w = shape[-2:]
+
+    # --- emission (fluorophore density) -------------------------------------------------------
+    # Per-image staining level, then per-nucleus variation (cell cycle / DNA content), with a
+    # minority of clearly dim nuclei that a model must not miss.
+    level = rng.uniform(30.0, 110.0)
+    bright = level * rng.lognormal(0.0, 0.22, size=n)
+    dim = rng.random(n) < 0.18
+    bright[dim] *= rng.uniform(0.3, 0.55, size=int(dim.sum()))
+    bright[condensed] *= rng.uniform(1.6, 2.4, size=int(condensed.sum()))
+    per_label = np.concatenate([[0.0], bright]).astype(np.float32)
+
+    # Chromatin texture: fine grain plus coarser blotches (nucleoli read as darker patches), and sparse
+    # bright chromocentres, which is what makes real DAPI/Hoechst nuclei look mottled rather than flat.
+    texture = 0.6 * _smooth_noise(rng, shape, 1.2, spacing) + 0.4 * _smooth_noise(rng, shape, 3.0, spacing)
+    texture_contrast = rng.uniform(0.06, 0.45)
+    chromocentres = np.clip(_smooth_noise(rng, shape, 1.0, spacing) - 1.6, 0.0, None)
+    texture = texture + rng.uniform(1.0, 3.0) * chromocentres
+    # Slight dome: DNA is thicker in the middle of a flattened nucleus.
+    dome = 1.0 - 0.2 * np.clip(rho_map, 0.0, 1.0) ** 2
+    fg = mask > 0
+    emission = np.where(fg, per_label[mask] * dome * (1.0 + texture_contrast * texture), 0.0)
+    emission = np.maximum(emission, 0.0).astype(np.float32)
+
+    # --- optics ---------------------------------------------------------------------------------
+    psf_sigma = rng.uniform(0.8, 1.6)
+    elongation = (_AXIAL_PSF_ELONGATION,) * (len(shape) - 2) + (1.0, 1.0)
+    blur = tuple(psf_sigma * e / step for e, step in zip(elongation, spacing, strict=True))
+    defocus = tuple(8.0 * e / step for e, step in zip(elongation, spacing, strict=True))
+    # Widefield images carry out-of-focus haze around bright objects; a broad second Gaussian is a
+    # cheap stand-in for the defocused part of the PSF.
+    haze = rng.uniform(0.04, 0.12)
+    signal = (1.0 - haze) * ndi.gaussian_filter(emission, blur) + haze * ndi.gaussian_filter(
+        emission, defocus
+    )
+
+    # Uneven illumination: vignetting multiplies everything, a smooth offset field adds to the
+    # background (autofluorescence / stray light). Both vary in xy; in a volume the blotches vary in z too.
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    vy, vx = rng.uniform(0.2 * h, 0.8 * h), rng.uniform(0.2 * w, 0.8 * w)
+    r2 = ((yy - vy) / h) ** 2 + ((xx - vx) / w) ** 2
+    vignette = 1.0 - rng.uniform(0.1, 0.35) * r2 / r2.max()
+    bg_level = rng.uniform(2.0, 14.0)
+    gradient = rng.uniform(-0.3, 0.3) * (yy / h - 0.5) + rng.uniform(-0.3, 0.3) * (xx / w - 0.5)
+    blotches = 0.25 * _smooth_noise(rng, shape, max(h, w) / 8, spacing)
+    if len(shape) == 3:
+        # Scattering and absorption dim the deeper slices of a volume.
+        depth = np.linspace(0.0, 1.0, shape[0], dtype=np.float32)[:, None, None]
+        signal = signal * (1.0 - rng.uniform(0.0, 0.35) * depth)
+    background = bg_level * np.clip(1.0 + gradient + blotches, 0.3, None)
+    expected = (signal + background) * vignette
+
+    if not detector:
+        return expected.astype(np.float32)
+    # --- detector -------------------------------------------------------------------------------
+    # Photons per count sets how strong shot noise is relative to the signal; read noise only matters
+    # in the dark background.
+    photons_per_count = rng.uniform(6.0, 20.0)
+    photons = rng.poisson(np.maximum(expected, 0.0) * photons_per_count)
+    counts = photons / photons_per_count + rng.normal(0.0, rng.uniform(0.3, 1.0), size=shape)
+    return np.clip(np.rint(counts), 0, 255).astype(np.uint8)
 
 
 def synthetic_nuclei_image(
@@ -207,113 +326,55 @@ def synthetic_nuclei_image(
         sequentially; every label is non-empty, 4-connected and at least 20 px, and touching nuclei
         share a border.
     """
-    h, w = _validate_image_args(shape, n_nuclei, radius)
+    shape = _validate_args(shape, n_nuclei, radius, ndim=2)
     n_target = int(rng.integers(n_nuclei[0], n_nuclei[1] + 1))
-
-    raw, rho_map, condensed = _place_nuclei(rng, (h, w), n_target, radius)
-    mask, kept = _clean_labels(raw)
-    n = kept.size
-
-    # --- emission (fluorophore density) -------------------------------------------------------
-    # Per-image staining level, then per-nucleus variation (cell cycle / DNA content), with a
-    # minority of clearly dim nuclei that a model must not miss.
-    level = rng.uniform(30.0, 110.0)
-    bright = level * rng.lognormal(0.0, 0.22, size=n)
-    dim = rng.random(n) < 0.18
-    bright[dim] *= rng.uniform(0.3, 0.55, size=int(dim.sum()))
-    bright[condensed[kept]] *= rng.uniform(1.6, 2.4, size=int(condensed[kept].sum()))
-    per_label = np.concatenate([[0.0], bright]).astype(np.float32)
-
-    # Chromatin texture: fine grain plus coarser blotches (nucleoli read as darker patches), and sparse
-    # bright chromocentres, which is what makes real DAPI/Hoechst nuclei look mottled rather than flat.
-    texture = 0.6 * _smooth_noise(rng, (h, w), 1.2) + 0.4 * _smooth_noise(rng, (h, w), 3.0)
-    texture_contrast = rng.uniform(0.06, 0.45)
-    chromocentres = np.clip(_smooth_noise(rng, (h, w), 1.0) - 1.6, 0.0, None)
-    texture = texture + rng.uniform(1.0, 3.0) * chromocentres
-    # Slight dome: DNA is thicker in the middle of a flattened nucleus.
-    dome = 1.0 - 0.2 * np.clip(rho_map, 0.0, 1.0) ** 2
-    fg = mask > 0
-    emission = np.where(fg, per_label[mask] * dome * (1.0 + texture_contrast * texture), 0.0)
-    emission = np.maximum(emission, 0.0).astype(np.float32)
-
-    # --- optics ---------------------------------------------------------------------------------
-    psf_sigma = rng.uniform(0.8, 1.6)
-    # Widefield images carry out-of-focus haze around bright objects; a broad second Gaussian is a
-    # cheap stand-in for the defocused part of the PSF.
-    haze = rng.uniform(0.04, 0.12)
-    signal = (1.0 - haze) * ndi.gaussian_filter(emission, psf_sigma) + haze * ndi.gaussian_filter(
-        emission, 8.0
+    spacing = (1.0, 1.0)
+    raw, rho_map, condensed = _place_nuclei(
+        rng, shape, n_target, radius, spacing=spacing, min_size=MIN_OBJECT_PX
     )
-
-    # Uneven illumination: vignetting multiplies everything, a smooth offset field adds to the
-    # background (autofluorescence / stray light).
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    vy, vx = rng.uniform(0.2 * h, 0.8 * h), rng.uniform(0.2 * w, 0.8 * w)
-    r2 = ((yy - vy) / h) ** 2 + ((xx - vx) / w) ** 2
-    vignette = 1.0 - rng.uniform(0.1, 0.35) * r2 / r2.max()
-    bg_level = rng.uniform(2.0, 14.0)
-    gradient = rng.uniform(-0.3, 0.3) * (yy / h - 0.5) + rng.uniform(-0.3, 0.3) * (xx / w - 0.5)
-    blotches = 0.25 * _smooth_noise(rng, (h, w), max(h, w) / 8)
-    background = bg_level * np.clip(1.0 + gradient + blotches, 0.3, None)
-    expected = (signal + background) * vignette
-
-    # --- detector -------------------------------------------------------------------------------
-    # Photons per count sets how strong shot noise is relative to the signal; read noise only matters
-    # in the dark background.
-    photons_per_count = rng.uniform(6.0, 20.0)
-    photons = rng.poisson(np.maximum(expected, 0.0) * photons_per_count)
-    counts = photons / photons_per_count + rng.normal(0.0, rng.uniform(0.3, 1.0), size=(h, w))
-    image = np.clip(np.rint(counts), 0, 255).astype(np.uint8)
-    return image, mask
+    mask, kept = _clean_labels(raw, min_size=MIN_OBJECT_PX)
+    return _render(rng, mask, rho_map, condensed[kept], spacing=spacing), mask
 
 
-def _split_names(names: list[str], rng: np.random.Generator) -> dict[str, str]:
-    n = len(names)
-    n_val = max(1, round(_SPLIT_FRACTIONS["val"] * n))
-    n_test = max(1, round(_SPLIT_FRACTIONS["test"] * n))
-    order = rng.permutation(n)
-    splits = ["val"] * n_val + ["test"] * n_test + ["train"] * (n - n_val - n_test)
-    return {names[i]: splits[k] for k, i in enumerate(order)}
-
-
-def write_synthetic_dataset(
-    out_dir: Path,
+def synthetic_nuclei_volume(
+    rng: np.random.Generator,
     *,
-    n_images: int = 32,
-    shape: tuple[int, int] = (256, 256),
-    seed: int = 0,
-) -> Path:
-    """Write a synthetic nuclei dataset in the same layout as the real DSB2018 subset.
+    shape: tuple[int, int, int] = (32, 96, 96),
+    anisotropy: float = 2.0,
+    n_nuclei: tuple[int, int] | None = None,
+    radius: tuple[float, float] = (4.0, 7.0),
+    detector: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One fluorescence-like nuclei volume (Z, Y, X) and its exact instance mask: the 3D counterpart of
+    `synthetic_nuclei_image`, with the same staining, texture, PSF, illumination and noise model.
 
-    Creates ``out_dir/images/synth_XXX.tif`` (uint8) and ``out_dir/masks/synth_XXX.tif`` (uint16
-    instance labels) with tifffile, plus ``out_dir/index.csv`` with columns ``name,split`` where
-    ``name`` is the file stem and ``split`` is ``train`` / ``val`` / ``test`` (~70/15/15, seeded, at
-    least one image in each split, so ``n_images`` must be >= 3).
-
-    Deterministic: the same ``seed`` gives byte-identical arrays and the same split. Each image gets
-    its own child seed, so image ``i`` does not depend on ``n_images``.
+    Args:
+        rng: source of all randomness; the same generator state gives identical outputs.
+        shape: ``(depth, height, width)`` in voxels.
+        anisotropy: z spacing over the xy pixel size; nuclei are ellipsoids in physical space, so they
+            span ``1 / anisotropy`` as many slices as xy pixels, and the blur and texture scale alike.
+        n_nuclei: inclusive range for the number of nuclei to attempt; by default enough to fill about
+            10-22% of the volume. Objects left under 60 voxels or fragmented by occlusion are removed.
+        radius: range of the xy semi-axes in pixels; the z semi-axis is 0.7-1 times their mean.
+        detector: False gives, instead of the uint8 volume, the float32 intensities before the detector's
+            shot and read noise: a clean reference for denoising.
 
     Returns:
-        ``out_dir``.
+        ``(volume, mask)``: **uint8** and **uint16** ZYX arrays, labels 1..N sequential and 6-connected,
+        touching nuclei sharing a face.
     """
-    if n_images < 3:
-        raise ValueError(f"n_images must be >= 3 to fill train/val/test, got {n_images}")
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-
-    root = np.random.SeedSequence(seed)
-    split_seq, images_seq = root.spawn(2)
-    names = [f"synth_{i:03d}" for i in range(n_images)]
-    for name, child in zip(names, images_seq.spawn(n_images), strict=True):
-        image, mask = synthetic_nuclei_image(np.random.default_rng(child), shape=shape)
-        tifffile.imwrite(out_dir / "images" / f"{name}.tif", image)
-        tifffile.imwrite(out_dir / "masks" / f"{name}.tif", mask)
-
-    split_of = _split_names(names, np.random.default_rng(split_seq))
-    with open(out_dir / "index.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["name", "split"])
-        for name in names:
-            writer.writerow([name, split_of[name]])
-    return out_dir
+    if not anisotropy > 0:
+        raise ValueError(f"anisotropy must be positive, got {anisotropy!r}")
+    if n_nuclei is None:
+        mean_r = 0.5 * (radius[0] + radius[1])
+        nucleus_volume = 4 / 3 * np.pi * mean_r**3 * 0.8
+        per_fill = float(np.prod(shape)) * anisotropy / nucleus_volume
+        n_nuclei = (max(1, round(_VOLUME_FILL[0] * per_fill)), max(1, round(_VOLUME_FILL[1] * per_fill)))
+    shape = _validate_args(shape, n_nuclei, radius, ndim=3)
+    n_target = int(rng.integers(n_nuclei[0], n_nuclei[1] + 1))
+    spacing = (float(anisotropy), 1.0, 1.0)
+    raw, rho_map, condensed = _place_nuclei(
+        rng, shape, n_target, radius, spacing=spacing, min_size=MIN_OBJECT_VOXELS
+    )
+    mask, kept = _clean_labels(raw, min_size=MIN_OBJECT_VOXELS)
+    return _render(rng, mask, rho_map, condensed[kept], spacing=spacing, detector=detector), mask

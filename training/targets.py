@@ -16,16 +16,24 @@ from skimage.segmentation import find_boundaries, relabel_sequential, watershed
 CLASS_NAMES = ("background", "interior", "boundary")
 
 
-def instance_to_classes(labels: np.ndarray, *, boundary_width: int = 2) -> np.ndarray:
-    """Turn a 2D instance mask into a uint8 class map (background / interior / boundary).
+def instance_to_classes(
+    labels: np.ndarray, *, boundary_width: int = 2, sampling: tuple[float, ...] | None = None
+) -> np.ndarray:
+    """Turn an instance mask, 2D (Y, X) or 3D (Z, Y, X), into a uint8 class map (background / interior /
+    boundary).
 
     Boundary pixels are object pixels closer than `boundary_width` pixels to a pixel outside their own
-    object: the object's rim, including where it touches another object.
+    object: the object's rim, including where it touches another object. Neighbours share a face (4- in
+    2D, 6-connectivity in 3D). `sampling` is the pixel size along each axis in units of the width, e.g.
+    `(anisotropy, 1, 1)` for a volume whose z spacing is `anisotropy` xy pixels, so the rim is
+    `boundary_width` xy pixels wide and correspondingly fewer slices thick; None counts every axis as 1.
     """
+    if sampling is not None and len(sampling) != labels.ndim:
+        raise ValueError(f"sampling {tuple(sampling)} needs one spacing per axis of labels {labels.shape}")
     inner_rim = find_boundaries(labels, mode="inner") & (labels > 0)
     if boundary_width > 1 and inner_rim.any():
         # Grow the rim inwards: distance to the nearest rim pixel, kept inside the objects.
-        distance = ndimage.distance_transform_edt(~inner_rim)
+        distance = ndimage.distance_transform_edt(~inner_rim, sampling=sampling)
         inner_rim = (distance < boundary_width) & (labels > 0)
     classes = (labels > 0).astype(np.uint8)
     classes[inner_rim] = 2
@@ -39,12 +47,13 @@ def classes_to_instances(
     foreground_threshold: float = 0.5,
     min_size: int = 15,
 ) -> np.ndarray:
-    """Turn (Y, X, 3) class probabilities into an instance label image (uint32, 0 = background).
+    """Turn (Y, X, 3) or (Z, Y, X, 3) class probabilities into an instance label image or volume (uint32,
+    0 = background).
 
-    Seeds are the connected components of `p(interior) > interior_threshold`; each grows by watershed on
-    the interior probability into every pixel with `1 - p(background) > foreground_threshold`, so the
-    boundary pixels go to the nearest seed. Objects smaller than `min_size` pixels are removed and the
-    labels renumbered 1..N.
+    Seeds are the face-connected components of `p(interior) > interior_threshold`; each grows by
+    watershed on the interior probability into every pixel with `1 - p(background) >
+    foreground_threshold`, so the boundary pixels go to the nearest seed. Objects smaller than `min_size`
+    pixels (voxels in 3D) are removed and the labels renumbered 1..N.
     """
     interior = probabilities[..., 1]
     foreground = (1.0 - probabilities[..., 0]) > foreground_threshold

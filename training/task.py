@@ -65,6 +65,11 @@ class Task:
         the embedded demo)."""
         raise NotImplementedError
 
+    def resolve(self, config: TrainingConfig, data: TaskData) -> TrainingConfig:
+        """The options with what the data decided (a volume's spatial axes and anisotropy), checked against
+        the data; recorded in config.json and used to build the model. The default: as given."""
+        return config
+
     def keep_data(self, data: TaskData, run_dir: Path) -> None:
         """A new run: record in the run folder what it was trained on (and keep generated demo data)."""
         raise NotImplementedError
@@ -120,11 +125,19 @@ class Task:
 def training_lines(config: TrainingConfig, *, data: str) -> list[str]:
     """The documentation's lines on how a run was trained, shared by every task's declaration."""
     c = config
+    volume = getattr(c, "ndim", None) == 3
+    patches = (
+        f"{c.patch_depth} x {c.patch_size} x {c.patch_size} voxels (z spacing {c.anisotropy:g} x the xy "
+        "pixel size)"
+        if volume
+        else f"{c.patch_size} px"
+    )
     return [
         f"- Data: {data}",
-        f"- Network: {c.model}, depth {c.depth}, {c.base_filters} filters in the first level, batch norm "
+        f"- Network: {c.model}{' (3D)' if volume else ''}, depth {c.depth}, {c.base_filters} filters in the "
+        "first level, batch norm "
         f"{'on' if c.batch_norm else 'off'}",
         *([f"- Fine-tuned from: {c.init_from}"] if c.init_from else []),
         f"- Optimisation: {c.epochs} epochs x {c.steps_per_epoch} steps, batch {c.batch_size}, patches of "
-        f"{c.patch_size} px, learning rate {c.learning_rate} ({c.lr_schedule} schedule), seed {c.seed}",
+        f"{patches}, learning rate {c.learning_rate} ({c.lr_schedule} schedule), seed {c.seed}",
     ]

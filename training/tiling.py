@@ -1,6 +1,10 @@
-"""Tiled prediction of images of any size, equal to whole-image prediction.
+"""Tiled prediction of images and volumes of any size, equal to whole-image prediction.
 
-Both first mirror `border` pixels around the image (`zoo.Geometry.border`), so that pixels at the image
+An image is (Y, X, C) and a volume (Z, Y, X, C); every size below (`step`, `halo`, `border`,
+`tile_size`) is an int, the same on every spatial axis, or one value per spatial axis in the order
+(z,) y, x, as `zoo.Geometry` gives them: a volume's z axis usually pools less and needs less context.
+
+Both first mirror `border` pixels around the image (`zoo.Geometry.borders`), so that pixels at the image
 edge see mirrored context instead of the network's zero padding, as bioimageio.core's tiled prediction of
 an exported package does; the border is cut off the result.
 
@@ -8,53 +12,79 @@ Why the tiled result equals whole-image prediction: the image is first padded (b
 multiple of the model's size step, exactly as for a whole-image prediction. Tiles then start on multiples
 of the step, so every pooling window sees the same pixels as in the whole image, and each tile keeps only
 its core, at least `halo` pixels away from any tile edge that is not an image edge, where the receptive
-field no longer reaches the tile's zero padding.
+field no longer reaches the tile's zero padding. All of this holds axis by axis, so the tiles of a volume
+are the product of the tiles of its axes.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 
 from zoo import Geometry
 
+# A size given once for every spatial axis, or once per spatial axis in the order (z,) y, x.
+Size = int | Sequence[int]
 
-def pad_to_step(image: np.ndarray, step: int) -> np.ndarray:
-    """Mirror-pad a (Y, X, C) image at the bottom and right to a multiple of `step`."""
-    pad_y, pad_x = -image.shape[0] % step, -image.shape[1] % step
-    if not pad_y and not pad_x:
+
+def per_axis(size: Size, axes: int, name: str = "size") -> tuple[int, ...]:
+    """`size` as one int per spatial axis: an int repeated `axes` times, or a sequence of `axes` ints. The
+    one place sizes are checked against an image, so a 2D size for a volume fails here, by name."""
+    if isinstance(size, int | np.integer):
+        return (int(size),) * axes
+    sizes = tuple(int(value) for value in size)
+    if len(sizes) != axes:
+        raise ValueError(f"{name} {tuple(size)} has {len(sizes)} values for an image of {axes} spatial axes")
+    return sizes
+
+
+def _crop(output: np.ndarray, starts: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """`output[start : start + length]` on each leading axis, channels kept."""
+    return output[tuple(slice(start, start + length) for start, length in zip(starts, shape, strict=True))]
+
+
+def pad_to_step(image: np.ndarray, step: Size) -> np.ndarray:
+    """Mirror-pad a (*spatial, C) image at the far end of each spatial axis (bottom, right, last slice)
+    to a multiple of `step`."""
+    steps = per_axis(step, image.ndim - 1, "step")
+    pads = [-length % s for length, s in zip(image.shape[:-1], steps, strict=True)]
+    if not any(pads):
         return image
-    return np.pad(image, ((0, pad_y), (0, pad_x), (0, 0)), mode="symmetric")
+    return np.pad(image, [(0, pad) for pad in pads] + [(0, 0)], mode="symmetric")
 
 
-def mirror_border(image: np.ndarray, border: int) -> np.ndarray:
-    """Mirror-pad a (Y, X, C) image by `border` pixels on every side (numpy's `symmetric` mode)."""
-    if not border:
+def mirror_border(image: np.ndarray, border: Size) -> np.ndarray:
+    """Mirror-pad a (*spatial, C) image by `border` pixels on both sides of each spatial axis (numpy's
+    `symmetric` mode)."""
+    borders = per_axis(border, image.ndim - 1, "border")
+    if not any(borders):
         return image
-    return np.pad(image, ((border, border), (border, border), (0, 0)), mode="symmetric")
+    return np.pad(image, [(b, b) for b in borders] + [(0, 0)], mode="symmetric")
 
 
 Predictor = keras.Model | Callable[[np.ndarray], np.ndarray]
 
 
 def _batch_predictor(model: Predictor) -> Callable[[np.ndarray], np.ndarray]:
-    """A function from a (B, Y, X, C) batch to the model's output: a Keras model's `predict_on_batch`, or
-    any such function (an onnxruntime session, see `training.engines`)."""
+    """A function from a (B, *spatial, C) batch to the model's output: a Keras model's `predict_on_batch`,
+    or any such function (an onnxruntime session, see `training.engines`)."""
     return model.predict_on_batch if isinstance(model, keras.Model) else model
 
 
-def predict_whole(model: Predictor, image: np.ndarray, *, step: int, border: int = 0) -> np.ndarray:
-    """Predict a (Y, X, C) image in one piece, after mirroring `border` pixels around it; returns
-    (Y, X, K) float32."""
-    if border:
-        output = predict_whole(model, mirror_border(image, border), step=step)
-        return output[border : border + image.shape[0], border : border + image.shape[1]]
+def predict_whole(model: Predictor, image: np.ndarray, *, step: Size, border: Size = 0) -> np.ndarray:
+    """Predict a (*spatial, C) image in one piece, after mirroring `border` pixels around it; returns
+    (*spatial, K) float32."""
+    spatial = image.shape[:-1]
+    borders = per_axis(border, len(spatial), "border")
+    if any(borders):
+        return _crop(predict_whole(model, mirror_border(image, borders), step=step), borders, spatial)
     padded = pad_to_step(image, step)
     output = np.asarray(_batch_predictor(model)(padded[np.newaxis]), dtype=np.float32)[0]
-    return output[: image.shape[0], : image.shape[1]]
+    return _crop(output, (0,) * len(spatial), spatial)
 
 
 def _axis_tiles(length: int, max_tile: int, halo: int, step: int) -> list[tuple[int, int, int, int]]:
@@ -81,84 +111,103 @@ def tiled_predict(
     model: Predictor,
     image: np.ndarray,
     *,
-    step: int,
-    halo: int,
-    tile_size: int = 512,
+    step: Size,
+    halo: Size,
+    tile_size: Size = 512,
     batch_size: int = 4,
-    border: int = 0,
+    border: Size = 0,
 ) -> np.ndarray:
-    """Predict a (Y, X, C) image tile by tile; returns (Y, X, K) float32.
+    """Predict a (*spatial, C) image, 2D or 3D, tile by tile; returns (*spatial, K) float32.
 
     Args:
-        model: a fully convolutional model taking (batch, y, x, C).
+        model: a fully convolutional model taking (batch, *spatial, C).
         image: the image, already normalised as the model expects.
-        step: the model's size step (input sizes must be multiples of it).
-        halo: context each output pixel needs on each side (see `zoo.model_geometry`).
-        tile_size: largest side of the tiles fed to the model (rounded up to a multiple of `step` and to
-            more than twice the aligned halo); the tiles are made as small as their number allows, and an
-            image that fits in one tile is predicted whole.
+        step: the model's size step (input sizes must be multiples of it), per axis or for all.
+        halo: context each output pixel needs on each side (see `zoo.model_geometry`), likewise.
+        tile_size: largest side of the tiles fed to the model, per axis or the same on every axis (a
+            volume's z axis shorter than it is then one tile deep; pass a tuple to keep 3D tiles
+            small). Each side is rounded up to a multiple of the step and to more than twice the aligned
+            halo; the tiles are made as small as their number allows, and an image that fits in one
+            tile is predicted whole.
         batch_size: tiles per model call.
-        border: pixels mirrored around the image before prediction (see the module doc).
+        border: pixels mirrored around the image before prediction (see the module doc), likewise.
     """
-    if border:
+    spatial = image.shape[:-1]
+    borders = per_axis(border, len(spatial), "border")
+    if any(borders):
         output = tiled_predict(
             model,
-            mirror_border(image, border),
+            mirror_border(image, borders),
             step=step,
             halo=halo,
             tile_size=tile_size,
             batch_size=batch_size,
         )
-        return output[border : border + image.shape[0], border : border + image.shape[1]]
-    halo = math.ceil(halo / step) * step
-    tile = max(math.ceil(tile_size / step) * step, 2 * halo + step)
-    padded = pad_to_step(image, step)
-    rows = _axis_tiles(padded.shape[0], tile, halo, step)
-    cols = _axis_tiles(padded.shape[1], tile, halo, step)
-    if len(rows) == 1 and len(cols) == 1:
-        return predict_whole(model, image, step=step)
+        return _crop(output, borders, spatial)
+    steps = per_axis(step, len(spatial), "step")
+    halos = [math.ceil(h / s) * s for h, s in zip(per_axis(halo, len(spatial), "halo"), steps, strict=True)]
+    tiles = [
+        max(math.ceil(t / s) * s, 2 * h + s)
+        for t, s, h in zip(per_axis(tile_size, len(spatial), "tile_size"), steps, halos, strict=True)
+    ]
+    padded = pad_to_step(image, steps)
+    axes = [_axis_tiles(*axis) for axis in zip(padded.shape[:-1], tiles, halos, steps, strict=True)]
+    if all(len(axis) == 1 for axis in axes):
+        return predict_whole(model, image, step=steps)
 
     predict_batch = _batch_predictor(model)
     output = None
-    windows = [(r, c) for r in rows for c in cols]
+    windows = list(itertools.product(*axes))
     for first in range(0, len(windows), batch_size):
         chunk = windows[first : first + batch_size]
-        batch = np.stack([padded[r[0] : r[1], c[0] : c[1]] for r, c in chunk])
+        batch = np.stack([padded[tuple(slice(t[0], t[1]) for t in window)] for window in chunk])
         predictions = np.asarray(predict_batch(batch), dtype=np.float32)
         if output is None:
-            output = np.zeros(padded.shape[:2] + predictions.shape[-1:], dtype=np.float32)
-        for (r, c), prediction in zip(chunk, predictions, strict=True):
-            output[r[2] : r[3], c[2] : c[3]] = prediction[
-                r[2] - r[0] : r[3] - r[0], c[2] - c[0] : c[3] - c[0]
+            output = np.zeros(padded.shape[:-1] + predictions.shape[-1:], dtype=np.float32)
+        for window, prediction in zip(chunk, predictions, strict=True):
+            output[tuple(slice(t[2], t[3]) for t in window)] = prediction[
+                tuple(slice(t[2] - t[0], t[3] - t[0]) for t in window)
             ]
-    return output[: image.shape[0], : image.shape[1]]
+    return _crop(output, (0,) * len(spatial), spatial)
 
 
 def predict_with_geometry(
-    model: Predictor, image: np.ndarray, geometry: Geometry, *, tile_size: int, batch_size: int = 4
+    model: Predictor, image: np.ndarray, geometry: Geometry, *, tile_size: Size, batch_size: int = 4
 ) -> np.ndarray:
-    """`tiled_predict` with a model's step, halo and mirrored border (`zoo.model_geometry`), in tiles of
-    at least 8 halos: the overlap computed twice then stays under 1.8 times the image (a deep U-Net's
-    halo would otherwise take most of a small tile)."""
+    """`tiled_predict` with a model's steps, halos and mirrored borders per axis (`zoo.model_geometry`),
+    in tiles of at least 8 halos along each axis: the overlap computed twice then stays under 1.8 times
+    the image (a deep U-Net's halo would otherwise take most of a small tile). A tile is never longer
+    than the padded image along an axis, however many halos that leaves it."""
+    axes = image.ndim - 1
+    steps = per_axis(geometry.steps, axes, "the model's steps")
+    halos = per_axis(geometry.halos, axes, "the model's halos")
+    tiles = [
+        max(t, 8 * math.ceil(h / s) * s)
+        for t, s, h in zip(per_axis(tile_size, axes, "tile_size"), steps, halos, strict=True)
+    ]
     return tiled_predict(
         model,
         image,
-        step=geometry.step,
-        halo=geometry.halo,
-        tile_size=max(tile_size, 8 * math.ceil(geometry.halo / geometry.step) * geometry.step),
+        step=steps,
+        halo=halos,
+        tile_size=tiles,
         batch_size=batch_size,
-        border=geometry.border,
+        border=geometry.borders,
     )
 
 
 def predict_tta(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> np.ndarray:
-    """Average of `predict` over the 8 rotations and flips of a (Y, X, C) image (test-time augmentation),
-    each prediction turned back before averaging. Suits models whose task does not depend on orientation."""
+    """Average of `predict` over the 8 rotations and flips of the y-x plane of a (*spatial, C) image
+    (test-time augmentation), each prediction turned back before averaging. A volume is turned only
+    about its z axis, which is usually sampled more coarsely than y and x. Suits models whose task does
+    not depend on orientation."""
+    plane = (image.ndim - 3, image.ndim - 2)  # y and x
     total = None
     for flip in (False, True):
-        flipped = image[:, ::-1] if flip else image
+        flipped = image[..., ::-1, :] if flip else image
         for quarter_turns in range(4):
-            output = np.rot90(predict(np.ascontiguousarray(np.rot90(flipped, quarter_turns))), -quarter_turns)
-            output = output[:, ::-1] if flip else output
+            turned = np.ascontiguousarray(np.rot90(flipped, quarter_turns, axes=plane))
+            output = np.rot90(predict(turned), -quarter_turns, axes=plane)
+            output = output[..., ::-1, :] if flip else output
             total = output.astype(np.float64) if total is None else total + output
     return (total / 8).astype(np.float32)

@@ -11,5 +11,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from zoo.receptive_field import Geometry, model_geometry  # noqa: E402 (after the backend default)
 from zoo.registry import MODELS, build_model  # noqa: E402 (after the backend default)
+from zoo.unet import anisotropic_pool_sizes  # noqa: E402 (after the backend default)
 
-__all__ = ["MODELS", "Geometry", "build_model", "model_geometry"]
+__all__ = ["MODELS", "Geometry", "anisotropic_pool_sizes", "build_model", "model_geometry"]

@@ -46,6 +46,48 @@ class MaxBlurPool2D(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="bioimage_zoo")
+class MaxBlurPool3D(keras.layers.Layer):
+    """Max-blur-pooling of a volume: `MaxBlurPool2D`'s down-sampling, on the axes of `pool_size` that are 2.
+
+    A max over a `pool_size` window with stride 1, then the [1, 2, 1] / 4 binomial blur with stride 2
+    along each pooled axis (output q reads the maxima at 2q - 1, 2q, 2q + 1, zero outside, as in 2D);
+    axes with pool size 1 pass through. An anisotropic volume pools z later than y and x, hence
+    ``(1, 2, 2)``. Keras has no 3D depthwise convolution on every backend, so the blur is two average
+    pools (window 2, stride 1, then window 2, stride 2) after a zero pad of one voxel: their product is the
+    binomial, and pooling ops run on every backend and export to ONNX and TorchScript.
+    """
+
+    def __init__(self, pool_size: tuple[int, int, int] = (2, 2, 2), **kwargs):
+        super().__init__(**kwargs)
+        pool_size = tuple(int(p) for p in pool_size)
+        if len(pool_size) != 3 or any(p not in (1, 2) for p in pool_size) or max(pool_size) == 1:
+            raise ValueError(f"pool_size must be three values of 1 or 2, at least one 2, got {pool_size}")
+        self.pool_size = pool_size
+
+    def call(self, inputs):
+        x = ops.max_pool(inputs, pool_size=self.pool_size, strides=1, padding="same")
+        x = ops.pad(x, [[0, 0], *([p - 1, p - 1] for p in self.pool_size), [0, 0]])
+        x = ops.average_pool(x, pool_size=self.pool_size, strides=1, padding="valid")
+        return ops.average_pool(x, pool_size=self.pool_size, strides=self.pool_size, padding="valid")
+
+    def compute_output_shape(self, input_shape):
+        batch, *spatial, channels = input_shape
+        pooled = [
+            n if n is None or p == 1 else (n + 1) // 2 for n, p in zip(spatial, self.pool_size, strict=True)
+        ]
+        return (batch, *pooled, channels)
+
+    def spatial_footprint(self) -> tuple[tuple[int, int, int], ...]:
+        """Per axis (z, y, x): input offsets (low, high) that one output voxel reads relative to its index
+        times the stride, and the stride. Pooled: output q blurs maxima 2q-1 .. 2q+1, each of input
+        voxels p .. p+1; not pooled: the voxel itself."""
+        return tuple((-1, 2, 2) if p == 2 else (0, 0, 1) for p in self.pool_size)
+
+    def get_config(self):
+        return super().get_config() | {"pool_size": self.pool_size}
+
+
+@keras.saving.register_keras_serializable(package="bioimage_zoo")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
     """Keras's `BatchNormalization`, trained with TensorFlow's fused kernel where it applies.
 
@@ -65,7 +107,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and mask is None
             and not self.renorm
             and not self.synchronized
-            and len(inputs.shape) == 4
+            and len(inputs.shape) == 4  # volumes (5D) take the parent's path
             and self.axis in (-1, 3)
         )
         if not fusable:

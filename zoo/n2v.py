@@ -9,9 +9,11 @@ cancel it on the identity path, and noise leaks through (measured: docs/benchmar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 
-from zoo.unet import build_unet
+from zoo.unet import PerAxis, build_unet
 
 # Batch norm's moving statistics move 10 % of the way to each batch's (PyTorch's default, CAREamics'):
 # after a short training, Keras's 0.99 leaves them behind the weights (the PSNR it gained on the standard
@@ -22,9 +24,11 @@ BATCH_NORM_MOMENTUM = 0.9
 def build_n2v(
     *,
     input_channels: int = 1,
+    ndim: int = 2,
     depth: int = 2,
+    pool_sizes: Sequence[int | PerAxis] | None = None,
     base_filters: int = 32,
-    kernel_size: int = 3,
+    kernel_size: int | PerAxis = 3,
     batch_norm: bool = True,
     batch_norm_momentum: float = BATCH_NORM_MOMENTUM,
     residual: bool = False,
@@ -34,10 +38,13 @@ def build_n2v(
     """The N2V network of the original paper's configuration: the CSBDeep U-Net (depth 2, 32 base
     filters, batch norm, max pooling, nearest-neighbour up-sampling, tapered decoder) with a linear
     output (and, with `residual`, the input added to it). With `independent_channels`, one such
-    network per channel (as n2v's `single_net_per_channel`)."""
+    network per channel (as n2v's `single_net_per_channel`). `ndim`, `pool_sizes` and `kernel_size` are
+    `build_unet`'s: ``ndim=3`` denoises volumes."""
     return _csbdeep_unet(
         input_channels=input_channels,
+        ndim=ndim,
         depth=depth,
+        pool_sizes=pool_sizes,
         base_filters=base_filters,
         kernel_size=kernel_size,
         batch_norm=batch_norm,
@@ -53,9 +60,11 @@ def build_n2v(
 def build_n2v2(
     *,
     input_channels: int = 1,
+    ndim: int = 2,
     depth: int = 2,
+    pool_sizes: Sequence[int | PerAxis] | None = None,
     base_filters: int = 32,
-    kernel_size: int = 3,
+    kernel_size: int | PerAxis = 3,
     batch_norm: bool = True,
     batch_norm_momentum: float = BATCH_NORM_MOMENTUM,
     residual: bool = False,
@@ -63,10 +72,13 @@ def build_n2v2(
     name: str = "n2v2",
 ) -> keras.Model:
     """N2V2: as N2V, with max-blur-pooling and without the top-level skip connection, the two changes
-    the paper makes to suppress checkerboard artefacts."""
+    the paper makes to suppress checkerboard artefacts. In 3D the blur pools by 1 or 2 per axis
+    (`zoo.layers.MaxBlurPool3D`)."""
     return _csbdeep_unet(
         input_channels=input_channels,
+        ndim=ndim,
         depth=depth,
+        pool_sizes=pool_sizes,
         base_filters=base_filters,
         kernel_size=kernel_size,
         batch_norm=batch_norm,

@@ -1,28 +1,79 @@
-"""A 2D U-Net (Ronneberger et al., MICCAI 2015) as a Keras 3 functional model.
+"""A 2D or 3D U-Net (Ronneberger et al., MICCAI 2015; Çiçek et al., MICCAI 2016) as a Keras 3 functional
+model.
 
-Every layer is named after its place in the network (`enc1_conv2`, `dec0_up`, ...), so checkpoints,
-summaries and exported graphs can be read without a map, and the receptive field can be derived from
-the layers alone (see `zoo.receptive_field`).
+Every layer is named after its place in the network (`enc1_conv2`, `dec0_up`, ...), the same in 2D and
+3D, so checkpoints, summaries and exported graphs can be read without a map, and the receptive field can
+be derived from the layers alone (see `zoo.receptive_field`).
+
+Volumes from a microscope are often anisotropic: z is sampled several times more coarsely than y and x.
+Each level of a 3D U-Net therefore takes its own pool size per axis (`anisotropic_pool_sizes` chooses
+them from the voxel spacing), so z is pooled only once y and x have caught up with it, and the network
+sees about as far in micrometres along every axis.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import keras
 from keras import layers
 
-from zoo.layers import ChannelSlice, FusedBatchNormalization, MaxBlurPool2D
+from zoo.layers import ChannelSlice, FusedBatchNormalization, MaxBlurPool2D, MaxBlurPool3D
 
 Upsampling = Literal["transpose", "nearest", "repeat"]
 Downsampling = Literal["max", "blur"]
+PerAxis = tuple[int, ...]
+
+
+class _SpatialLayers(NamedTuple):
+    """The Keras layer classes of one dimensionality."""
+
+    conv: type[keras.layers.Layer]
+    max_pool: type[keras.layers.Layer]
+    up_sampling: type[keras.layers.Layer]
+    transposed_conv: type[keras.layers.Layer]
+
+
+_LAYERS = {
+    2: _SpatialLayers(layers.Conv2D, layers.MaxPooling2D, layers.UpSampling2D, layers.Conv2DTranspose),
+    3: _SpatialLayers(layers.Conv3D, layers.MaxPooling3D, layers.UpSampling3D, layers.Conv3DTranspose),
+}
+
+
+def anisotropic_pool_sizes(*, depth: int, anisotropy: float) -> list[tuple[int, int, int]]:
+    """Pool sizes (z, y, x), one per level, for volumes whose z spacing is `anisotropy` times their xy
+    spacing.
+
+    Every level pools y and x by 2. It pools z by 2 too unless pooling y and x alone brings the voxels
+    closer to cubic, that is unless the current ratio r of z to xy spacing exceeds sqrt(2) (r / 2 is
+    then nearer 1 than r on a log scale). Isotropic volumes (anisotropy 1) pool every axis at every
+    level; z spaced 4x coarser pools (1, 2, 2), (1, 2, 2), then (2, 2, 2) once the voxels are cubic.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth}")
+    if not anisotropy >= 1.0 or math.isinf(anisotropy):
+        raise ValueError(
+            f"anisotropy (z spacing / xy spacing) must be a finite number >= 1, got {anisotropy}"
+        )
+    sizes = []
+    ratio = float(anisotropy)
+    for _ in range(depth):
+        if ratio > math.sqrt(2.0):
+            sizes.append((1, 2, 2))
+            ratio /= 2.0
+        else:
+            sizes.append((2, 2, 2))
+    return sizes
 
 
 def _conv_block(
     x,
     *,
+    spatial: _SpatialLayers,
     filters: int,
-    kernel_size: int,
+    kernel_size: PerAxis,
     batch_norm: bool,
     batch_norm_momentum: float,
     dropout: float,
@@ -32,7 +83,7 @@ def _conv_block(
     """Two `same` convolutions (the second with `last_filters`, if given), each followed by optional
     batch norm and a ReLU."""
     for i in (1, 2):
-        x = layers.Conv2D(
+        x = spatial.conv(
             last_filters if i == 2 and last_filters else filters,
             kernel_size,
             padding="same",
@@ -52,9 +103,11 @@ def build_unet(
     *,
     input_channels: int = 1,
     num_classes: int = 3,
+    ndim: int = 2,
     depth: int = 3,
+    pool_sizes: Sequence[int | PerAxis] | None = None,
     base_filters: int = 32,
-    kernel_size: int = 3,
+    kernel_size: int | PerAxis = 3,
     batch_norm: bool = True,
     batch_norm_momentum: float = 0.99,
     dropout: float = 0.0,
@@ -67,25 +120,34 @@ def build_unet(
     final_activation: str | None = "softmax",
     name: str = "unet",
 ) -> keras.Model:
-    """Build a 2D U-Net for images of shape (height, width, input_channels).
+    """Build a U-Net for images of shape (height, width, input_channels) or, with ``ndim=3``, volumes of
+    shape (depth, height, width, input_channels).
 
-    Height and width are dynamic; any size that is a multiple of ``2**depth`` works.
+    The spatial sizes are dynamic; along each axis any multiple of the product of the pool sizes along
+    that axis (``2**depth`` by default) works.
 
     Args:
         input_channels: channels of the input image.
         num_classes: channels of the output (classes for segmentation, image channels for restoration).
-        depth: number of 2x down-sampling steps.
+        ndim: spatial axes, 2 (images: y, x) or 3 (volumes: z, y, x).
+        depth: number of down-sampling steps.
+        pool_sizes: one down-sampling factor per level, an int for every axis or one per axis ((z,) y, x);
+            the decoder up-samples by the same factors. Default: 2 on every axis at every level. For
+            anisotropic volumes see `anisotropic_pool_sizes`.
         base_filters: filters of the first level; each deeper level doubles them.
-        kernel_size: side of the square convolution kernels.
+        kernel_size: side of the convolution kernels, odd: an int for every axis or one per axis (e.g.
+            ``(1, 3, 3)`` where z is much coarser than y and x).
         batch_norm: batch normalisation after every convolution.
         batch_norm_momentum: weight of the old value in each update of batch norm's moving statistics
             (Keras's default 0.99; PyTorch's 0.1 is 0.9 here): lower follows the weights more closely in
             short trainings.
         dropout: dropout rate after each convolution block (0 disables it).
-        upsampling: ``"transpose"`` (learned 2x2 transposed convolution), ``"nearest"`` (nearest-neighbour
-            up-sampling followed by a 2x2 convolution, free of checkerboard artefacts) or ``"repeat"``
-            (nearest-neighbour up-sampling alone, as in the CSBDeep U-Net of N2V and CARE).
-        downsampling: ``"max"`` (2x2 max pooling) or ``"blur"`` (max-blur-pooling, as in N2V2).
+        upsampling: ``"transpose"`` (learned transposed convolution whose kernel is the level's pool
+            size), ``"nearest"`` (nearest-neighbour up-sampling followed by a convolution of that size, free
+            of checkerboard artefacts) or ``"repeat"`` (nearest-neighbour up-sampling alone, as in the
+            CSBDeep U-Net of N2V and CARE).
+        downsampling: ``"max"`` (max pooling) or ``"blur"`` (max-blur-pooling, as in N2V2; pool sizes of
+            1 or 2 per axis, and 2 on both axes in 2D).
         top_skip: keep the skip connection of the first (full-resolution) level; N2V2 drops it so the
             output cannot copy high-frequency input noise straight across.
         residual: add the input to the output (restoration: the network learns the correction);
@@ -102,13 +164,18 @@ def build_unet(
     _check_unet_arguments(
         depth=depth,
         base_filters=base_filters,
-        kernel_size=kernel_size,
         dropout=dropout,
         upsampling=upsampling,
         downsampling=downsampling,
         input_channels=input_channels,
         num_classes=num_classes,
     )
+    if ndim not in _LAYERS:
+        raise ValueError(f"ndim must be 2 (images) or 3 (volumes), got {ndim}")
+    kernel_size = _kernel_size_per_axis(kernel_size, ndim)
+    pool_sizes = _pool_sizes_per_axis(pool_sizes, depth=depth, ndim=ndim)
+    if downsampling == "blur":
+        _check_blur_pool_sizes(pool_sizes, ndim)
     if per_channel and num_classes != input_channels:
         raise ValueError(
             f"per_channel needs num_classes == input_channels (got {num_classes}, {input_channels})"
@@ -118,10 +185,11 @@ def build_unet(
             "residual needs num_classes == input_channels and a linear output "
             f"(got {num_classes}, {input_channels}, {final_activation!r})"
         )
-    inputs = keras.Input(shape=(None, None, input_channels), name="input")
+    inputs = keras.Input(shape=(None,) * ndim + (input_channels,), name="input")
     options = dict(
+        spatial=_LAYERS[ndim],
         num_classes=num_classes,
-        depth=depth,
+        pool_sizes=pool_sizes,
         base_filters=base_filters,
         kernel_size=kernel_size,
         batch_norm=batch_norm,
@@ -156,10 +224,11 @@ def _unet_body(
     x,
     *,
     prefix: str,
+    spatial: _SpatialLayers,
     num_classes: int,
-    depth: int,
+    pool_sizes: list[PerAxis],
     base_filters: int,
-    kernel_size: int,
+    kernel_size: PerAxis,
     batch_norm: bool,
     batch_norm_momentum: float,
     dropout: float,
@@ -169,10 +238,12 @@ def _unet_body(
     taper: bool,
 ):
     """The U-Net's layers from an input tensor to its head convolution, every name behind `prefix`."""
+    depth = len(pool_sizes)
     skips = []
-    for level in range(depth):
+    for level, pool_size in enumerate(pool_sizes):
         x = _conv_block(
             x,
+            spatial=spatial,
             filters=base_filters * 2**level,
             kernel_size=kernel_size,
             batch_norm=batch_norm,
@@ -181,13 +252,16 @@ def _unet_body(
             prefix=f"{prefix}enc{level}",
         )
         skips.append(x)
-        if downsampling == "blur":
+        if downsampling == "blur" and len(pool_size) == 2:
             x = MaxBlurPool2D(name=f"{prefix}enc{level}_blurpool")(x)
+        elif downsampling == "blur":
+            x = MaxBlurPool3D(pool_size, name=f"{prefix}enc{level}_blurpool")(x)
         else:
-            x = layers.MaxPooling2D(2, name=f"{prefix}enc{level}_pool")(x)
+            x = spatial.max_pool(pool_size, name=f"{prefix}enc{level}_pool")(x)
 
     x = _conv_block(
         x,
+        spatial=spatial,
         filters=base_filters * 2**depth,
         kernel_size=kernel_size,
         batch_norm=batch_norm,
@@ -199,18 +273,22 @@ def _unet_body(
 
     for level in reversed(range(depth)):
         filters = base_filters * 2 ** (max(level - 1, 0) if taper else level)
+        pool_size = pool_sizes[level]
         if upsampling == "transpose":
-            x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"{prefix}dec{level}_up")(
-                x
-            )
+            x = spatial.transposed_conv(
+                filters, pool_size, strides=pool_size, padding="same", name=f"{prefix}dec{level}_up"
+            )(x)
         else:
-            x = layers.UpSampling2D(2, interpolation="nearest", name=f"{prefix}dec{level}_up")(x)
+            # UpSampling3D has no `interpolation` argument: it always repeats (nearest neighbour).
+            nearest = {"interpolation": "nearest"} if spatial.up_sampling is layers.UpSampling2D else {}
+            x = spatial.up_sampling(pool_size, **nearest, name=f"{prefix}dec{level}_up")(x)
             if upsampling == "nearest":
-                x = layers.Conv2D(filters, 2, padding="same", name=f"{prefix}dec{level}_upconv")(x)
+                x = spatial.conv(filters, pool_size, padding="same", name=f"{prefix}dec{level}_upconv")(x)
         if level > 0 or top_skip:
             x = layers.Concatenate(name=f"{prefix}dec{level}_concat")([skips[level], x])
         x = _conv_block(
             x,
+            spatial=spatial,
             filters=filters,
             kernel_size=kernel_size,
             batch_norm=batch_norm,
@@ -218,24 +296,58 @@ def _unet_body(
             dropout=dropout,
             prefix=f"{prefix}dec{level}",
         )
-    return layers.Conv2D(num_classes, 1, name=f"{prefix}head_conv")(x)
+    return spatial.conv(num_classes, 1, name=f"{prefix}head_conv")(x)
+
+
+def _kernel_size_per_axis(kernel_size: int | Sequence[int], ndim: int) -> PerAxis:
+    sizes = (kernel_size,) * ndim if isinstance(kernel_size, int) else tuple(kernel_size)
+    if len(sizes) != ndim or not all(isinstance(k, int) and 1 <= k <= 11 and k % 2 == 1 for k in sizes):
+        raise ValueError(
+            f"kernel_size must be an odd int in [1, 11] or {ndim} of them (one per axis) so that `same` "
+            f"padding is centred, got {kernel_size!r}"
+        )
+    return sizes
+
+
+def _pool_sizes_per_axis(pool_sizes: Sequence[int | Sequence[int]] | None, *, depth: int, ndim: int):
+    if pool_sizes is None:
+        return [(2,) * ndim] * depth
+    if len(pool_sizes) != depth:
+        raise ValueError(
+            f"pool_sizes needs one entry per level ({depth}), got {len(pool_sizes)}: {pool_sizes}"
+        )
+    resolved = []
+    for entry in pool_sizes:
+        sizes = (entry,) * ndim if isinstance(entry, int) else tuple(entry)
+        if len(sizes) != ndim or not all(isinstance(p, int) and p >= 1 for p in sizes):
+            raise ValueError(
+                f"each of pool_sizes must be a positive int or {ndim} of them (one per axis), got {entry!r}"
+            )
+        resolved.append(sizes)
+    return resolved
+
+
+def _check_blur_pool_sizes(pool_sizes: list[PerAxis], ndim: int) -> None:
+    # MaxBlurPool2D (which the shipped 2D models use) pools both axes by 2; MaxBlurPool3D pools by 1 or 2.
+    allowed = (lambda p: p == (2, 2)) if ndim == 2 else (lambda p: set(p) <= {1, 2} and 2 in p)
+    bad = [p for p in pool_sizes if not allowed(p)]
+    if bad:
+        raise ValueError(
+            "pool_sizes with downsampling 'blur' must be 2 on both axes in 2D, and 1 or 2 on each axis "
+            f"(at least one 2) in 3D; got {bad}"
+        )
 
 
 def _check_unet_arguments(**kwargs) -> None:
     limits = {
         "depth": (1, 6),
         "base_filters": (1, 512),
-        "kernel_size": (1, 11),
         "input_channels": (1, 64),
         "num_classes": (1, 256),
     }
     for key, (low, high) in limits.items():
         if not low <= kwargs[key] <= high:
             raise ValueError(f"{key} must be in [{low}, {high}], got {kwargs[key]}")
-    if kwargs["kernel_size"] % 2 == 0:
-        raise ValueError(
-            f"kernel_size must be odd so that `same` padding is centred, got {kwargs['kernel_size']}"
-        )
     if not 0.0 <= kwargs["dropout"] < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {kwargs['dropout']}")
     if kwargs["upsampling"] not in ("transpose", "nearest", "repeat"):

@@ -17,16 +17,25 @@ import keras
 import numpy as np
 from pydantic import Field, model_validator
 
+from base.errors import UserInputError
 from base.run_folder import DATA_DIR, DATA_FILE, METRICS_FILE, NORMALIZATION_FILE, read_record
 from export.declaration import Citation, Declaration, Tensor
 from training import restoration
 from training.callbacks import PeriodicCheckpoint, adam
-from training.config import RestorationOptions, TrainingConfig, UNetOptions
+from training.config import RestorationOptions, TrainingConfig, UNetOptions, VolumeOptions
 from training.files import write_json
 from training.masking import MaskedLoss, blind_spot_mask
-from training.noisy_images import NoisyImage, check_sizes, embedded_demo, load_noisy_images, split_images
+from training.noisy_images import (
+    NoisyImage,
+    check_sizes,
+    embedded_demo,
+    embedded_demo_volume,
+    load_noisy_images,
+    split_images,
+)
 from training.pipeline import grid_patches, training_batches
 from training.task import NETWORK_OPTIONS, Task, TaskData, TrainingData, training_lines
+from training.volumes import anisotropy_of, z_step
 from zoo import build_model
 
 N2V = Citation(
@@ -46,7 +55,7 @@ STRUCT_N2V = Citation(
 OUTPUT_DIR = "denoised"  # in the run folder: every input image, denoised by the results checkpoint
 
 
-class DenoiseConfig(UNetOptions, RestorationOptions, TrainingConfig):
+class DenoiseConfig(UNetOptions, VolumeOptions, RestorationOptions, TrainingConfig):
     """Self-supervised denoising with Noise2Void, N2V2 or structN2V, trained on the noisy images alone."""
 
     task: Literal["denoise"] = Field(
@@ -54,8 +63,9 @@ class DenoiseConfig(UNetOptions, RestorationOptions, TrainingConfig):
     )
     data: str | None = Field(
         None,
-        description="Noisy TIFF/PNG file or folder of them (a 3D stack is split into "
-        "2D slices); none: scikit-image's `cell` image with added Gaussian noise.",
+        description="Noisy TIFF/PNG file or folder of them (a 3D stack is split into 2D slices, or is one "
+        "volume with --ndim 3); none: scikit-image's `cell` image with added Gaussian noise (with --ndim 3: "
+        "a synthetic nuclei volume).",
     )
     clean: str | None = Field(
         None,
@@ -115,9 +125,9 @@ class DenoiseConfig(UNetOptions, RestorationOptions, TrainingConfig):
     struct_axis: int | None = Field(
         None,
         ge=0,
-        le=1,
-        description="structN2V: axis of correlated noise, "
-        "0 = along y (columns), 1 = along x (rows); none: plain N2V.",
+        le=2,
+        description="structN2V: axis of correlated noise among the spatial axes; images: 0 = along y "
+        "(columns), 1 = along x (rows); volumes: 0 = along z, 1 = y, 2 = x; none: plain N2V.",
     )
     struct_span: int = Field(
         0, ge=0, le=10, description="structN2V: pixels masked on each side of the centre."
@@ -139,10 +149,11 @@ class DenoiseConfig(UNetOptions, RestorationOptions, TrainingConfig):
     def _check_denoise(self) -> DenoiseConfig:
         if (self.struct_axis is None) != (self.struct_span == 0):
             raise ValueError("structN2V needs both struct_axis and struct_span > 0 (or neither)")
-        if self.mask_fraction * self.patch_size**2 < 1:
-            raise ValueError(
-                f"mask_fraction {self.mask_fraction} masks no pixel of a {self.patch_size}^2 patch"
-            )
+        if self.struct_axis == 2 and self.ndim != 3:
+            raise ValueError("struct_axis 2 (x of a volume) needs --ndim 3; an image's x axis is 1")
+        pixels = self.patch_size**2 * (self.patch_depth if self.ndim == 3 else 1)
+        if self.mask_fraction * pixels < 1:
+            raise ValueError(f"mask_fraction {self.mask_fraction} masks no pixel of a {pixels}-pixel patch")
         return self
 
     @property
@@ -160,6 +171,7 @@ class NoisyData(TaskData):
     stats: dict  # normalization.json
     sources: dict  # data.json: the noisy and clean files
     demo: bool  # generated (the embedded demo), to be kept in the run folder
+    anisotropy: float | None  # volumes: z spacing / xy pixel size; images: None
 
 
 # Seeds of the masks: (seed, TRAINING_MASKS, step) for each training step, (seed, VALIDATION_MASKS) for the
@@ -204,13 +216,28 @@ class DenoiseTask(Task):
             record = read_record(resume_dir / DATA_FILE, "where the noisy images came from")
             data = Path(record["data"])
             clean = Path(record["clean"]) if record["clean"] else None
+        elif config.data is None and config.ndim == 3:
+            print(f"no --data given: a synthetic nuclei volume, Gaussian noise sigma {config.noise_sigma}")
+            data, clean = embedded_demo_volume(scratch, sigma=config.noise_sigma, seed=config.seed)
         elif config.data is None:
             print(f"no --data given: scikit-image's `cell` image, Gaussian noise sigma {config.noise_sigma}")
             data, clean = embedded_demo(scratch, sigma=config.noise_sigma, seed=config.seed)
         else:
             data, clean = Path(config.data), Path(config.clean) if config.clean else None
-        images = load_noisy_images(data, clean, channel_axis=config.channel_axis)
-        check_sizes(images, config.patch_size)
+        volume = config.ndim == 3
+        images = load_noisy_images(
+            data, clean, channel_axis=config.channel_axis, ndim=config.ndim or 2, axes=config.axes
+        )
+        anisotropy = None
+        if volume:
+            anisotropy, _ = anisotropy_of(config.anisotropy, Path(images[0].where), depth=config.depth)
+            pools = config.model_copy(update={"anisotropy": anisotropy}).volume_arguments()
+            if config.patch_depth % z_step(pools["pool_sizes"]):
+                raise UserInputError(
+                    f"--patch-depth {config.patch_depth}: must be a multiple of the network's z step "
+                    f"{z_step(pools['pool_sizes'])} (anisotropy {anisotropy:g}, depth {config.depth})"
+                )
+        check_sizes(images, config.patch_size, patch_depth=config.patch_depth if volume else None)
         train, val = split_images(
             images, val_fraction=config.val_fraction, patch_size=config.patch_size, seed=config.seed
         )
@@ -219,17 +246,25 @@ class DenoiseTask(Task):
         else:
             stats = restoration.normalization_stats(train)
         channels = train[0].shape[-1]
+        kind = "volume(s)" if volume else "image(s)"
         return NoisyData(
             channels=channels,
-            summary=f"{len(images)} image(s), {channels} channel(s); model {config.model}, masking "
-            f"{config.resolved_replacement}; structN2V axis {config.struct_axis}",
+            summary=f"{len(images)} {kind}, {channels} channel(s); model {config.model}, masking "
+            f"{config.resolved_replacement}; structN2V axis {config.struct_axis}"
+            + (f"; anisotropy {anisotropy:g}" if volume else ""),
             images=images,
             train=[restoration.normalize(image, stats) for image in train],
             val=[restoration.normalize(image, stats) for image in val],
             stats=stats,
             sources={"data": data, "clean": clean},
             demo=resume_dir is None and config.data is None,
+            anisotropy=anisotropy,
         )
+
+    def resolve(self, config: DenoiseConfig, data: NoisyData) -> DenoiseConfig:
+        if data.anisotropy is None:
+            return config.model_copy(update={"ndim": 2})
+        return config.model_copy(update={"ndim": 3, "anisotropy": data.anisotropy})
 
     def keep_data(self, data: NoisyData, run_dir: Path) -> None:
         noisy, clean = data.sources["data"], data.sources["clean"]
@@ -247,6 +282,7 @@ class DenoiseTask(Task):
             config.model,
             input_channels=channels,
             **config.network_arguments(),
+            **config.volume_arguments(),
             residual=config.residual,
             independent_channels=config.independent_channels,
         )
@@ -260,7 +296,7 @@ class DenoiseTask(Task):
         train = training_batches(
             data.train,
             data.train,
-            patch_size=config.patch_size,
+            patch_size=config.patch_shape(),
             batch_size=config.batch_size,
             seed=config.seed,
             first_epoch=first_epoch,
@@ -269,7 +305,7 @@ class DenoiseTask(Task):
             transform=lambda patches, _, step: mask(patches, TRAINING_MASKS, step),
         )
         val_patches, _ = grid_patches(
-            data.val, data.val, patch_size=config.patch_size, max_patches=config.val_patches
+            data.val, data.val, patch_size=config.patch_shape(), max_patches=config.val_patches
         )
         # Fixed masks for validation (seeded apart from every training step), so epochs are comparable.
         callbacks = [PeriodicCheckpoint(run_dir, config.checkpoint_every)] if config.checkpoint_every else []
@@ -324,9 +360,17 @@ class DenoiseTask(Task):
             task=self.name,
             checkpoint=self.results_checkpoint,
             name=f"{method} denoising ({run_dir.name})",
-            description=f"Self-supervised {method} denoiser trained on the noisy images alone with "
+            description=f"Self-supervised {'3D ' if config.ndim == 3 else ''}{method} denoiser trained on "
+            "the noisy images alone with "
             "bioimage-keras-zoo; output in the input's intensities.",
-            tags=["denoising", "noise2void", config.model, "self-supervised", "2d", "keras"],
+            tags=[
+                "denoising",
+                "noise2void",
+                config.model,
+                "self-supervised",
+                "3d" if config.ndim == 3 else "2d",
+                "keras",
+            ],
             cite=cite,
             input=Tensor(
                 id="noisy",

@@ -27,7 +27,7 @@ from base.run_folder import (
 from export import processing
 from export.declaration import Citation, Declaration, Instances, Tensor
 from training.callbacks import adam
-from training.config import PairSplitOptions, TrainingConfig, UNetOptions
+from training.config import PairSplitOptions, TrainingConfig, UNetOptions, VolumeOptions
 from training.data import SPLITS, PairSplit, Sample, find_pairs, keep_split, load_samples, recorded_split
 from training.evaluate import (
     POSTPROCESSING_KEYS,
@@ -36,14 +36,15 @@ from training.evaluate import (
     tune_postprocessing,
 )
 from training.files import write_json
-from training.images import percentile_normalize, read_image, write_tiff_atomic
+from training.images import declared_shape, percentile_normalize, read_image, read_volume, write_tiff_atomic
 from training.losses import WeightedSparseCategoricalCrossentropy
 from training.metrics import format_metrics_table
 from training.pipeline import grid_patches, training_batches
-from training.synthetic import write_synthetic_dataset
+from training.synthetic_files import write_synthetic_dataset, write_synthetic_volumes
 from training.targets import CLASS_NAMES
 from training.task import NETWORK_OPTIONS, Task, TaskData, TrainingData, training_lines
 from training.tiling import predict_with_geometry
+from training.volumes import files_anisotropy, thin_volumes, z_step
 from zoo import build_model, model_geometry
 
 UNET = Citation(
@@ -55,7 +56,7 @@ UNET = Citation(
 CLASS_COLOURS = [(0, 0, 0), (60, 220, 90), (230, 60, 200)]
 
 
-class SegmentConfig(UNetOptions, PairSplitOptions, TrainingConfig):
+class SegmentConfig(UNetOptions, VolumeOptions, PairSplitOptions, TrainingConfig):
     """Semantic segmentation into background / interior / boundary, turned back into instances."""
 
     task: Literal["segment"] = Field(
@@ -64,11 +65,11 @@ class SegmentConfig(UNetOptions, PairSplitOptions, TrainingConfig):
 
     data: str | None = Field(
         None,
-        description="Folder with images/ and masks/ (matched by file name); "
-        "none: the embedded synthetic nuclei dataset.",
+        description="Folder with images/ and masks/ (matched by file name; volumes where the masks are "
+        "volumes); none: the embedded synthetic nuclei dataset (volumes with --ndim 3).",
     )
     synthetic_images: int = Field(
-        32, ge=3, le=10_000, description="Images of the embedded synthetic dataset."
+        32, ge=3, le=10_000, description="Images (or volumes) of the embedded synthetic dataset."
     )
     percentile_low: float = Field(
         1.0, ge=0, lt=100, description="Lower percentile of per-image normalisation."
@@ -122,9 +123,11 @@ class SegmentationData(TaskData):
     samples: dict[str, list[Sample]]
     held_out: np.ndarray  # one raw held-out image (test, else validation), for the package
     demo: bool  # generated (the embedded demo), to be kept in the run folder
+    ndim: int  # spatial axes: 2 (images) or 3 (volumes)
+    anisotropy: float  # volumes: z spacing / xy pixel size
 
 
-def _load_split(split: PairSplit, config: SegmentConfig) -> dict[str, list[Sample]]:
+def _load_split(split: PairSplit, config: SegmentConfig, *, ndim: int, anisotropy: float):
     samples, problems = {}, []
     for name in SPLITS:
         samples[name], bad = load_samples(
@@ -132,14 +135,34 @@ def _load_split(split: PairSplit, config: SegmentConfig) -> dict[str, list[Sampl
             channel_axis=config.channel_axis,
             percentiles=(config.percentile_low, config.percentile_high),
             boundary_width=config.boundary_width,
+            ndim=ndim,
+            axes=config.axes,
+            anisotropy=anisotropy,
         )
         problems += bad
     channels = {s.image.shape[-1] for group in samples.values() for s in group}
     if len(channels) > 1:
         problems.append(f"images of the splits have different numbers of channels {sorted(channels)}")
+    if ndim == 3 and not problems:
+        shapes = {
+            str(path): sample.image.shape
+            for name in SPLITS
+            for (path, _), sample in zip(split.pairs[name], samples[name], strict=True)
+        }
+        problems += thin_volumes(shapes, patch_depth=config.patch_depth)
     if problems:
         raise UserInputError("\n".join(problems))
     return samples
+
+
+def _spatial_axes(config: SegmentConfig, split: PairSplit) -> int:
+    """--ndim, else 3 where the first training mask is a volume (its axes given or squeezed), else 2."""
+    if config.ndim is not None:
+        return config.ndim
+    mask = split.pairs["train"][0][1]
+    shape = declared_shape(mask)
+    spatial = len(config.axes.replace("C", "")) if config.axes else sum(n > 1 for n in shape)
+    return 3 if spatial >= 3 else 2
 
 
 class SegmentTask(Task):
@@ -156,11 +179,20 @@ class SegmentTask(Task):
     def load_data(
         self, config: SegmentConfig, *, resume_dir: Path | None, scratch: Path | None
     ) -> SegmentationData:
+        ndim = config.ndim or 2
         if resume_dir is not None:
             split = recorded_split(resume_dir)
         elif config.data is None:
-            print(f"no --data given: generating {config.synthetic_images} synthetic nuclei images")
-            write_synthetic_dataset(scratch / DATA_DIR, n_images=config.synthetic_images, seed=config.seed)
+            kind = "volumes" if ndim == 3 else "images"
+            print(f"no --data given: generating {config.synthetic_images} synthetic nuclei {kind}")
+            if ndim == 3:
+                write_synthetic_volumes(
+                    scratch / DATA_DIR, n_volumes=config.synthetic_images, seed=config.seed
+                )
+            else:
+                write_synthetic_dataset(
+                    scratch / DATA_DIR, n_images=config.synthetic_images, seed=config.seed
+                )
             split = find_pairs(scratch / DATA_DIR, seed=config.seed)
         else:
             split = find_pairs(
@@ -170,17 +202,41 @@ class SegmentTask(Task):
                 test_fraction=config.test_fraction,
                 seed=config.seed,
             )
-        samples = _load_split(split, config)
+            ndim = _spatial_axes(config, split)
+        anisotropy, source = 1.0, ""
+        if ndim == 3:
+            images = [image for name in SPLITS for image, _ in split.pairs[name]]
+            anisotropy, source = files_anisotropy(config.anisotropy, images, depth=config.depth)
+            pools = config.model_copy(update={"ndim": 3, "anisotropy": anisotropy}).volume_arguments()
+            if config.patch_depth % z_step(pools["pool_sizes"]):
+                raise UserInputError(
+                    f"--patch-depth {config.patch_depth}: must be a multiple of the network's z step "
+                    f"{z_step(pools['pool_sizes'])} (anisotropy {anisotropy:g}, depth {config.depth})"
+                )
+        samples = _load_split(split, config, ndim=ndim, anisotropy=anisotropy)
         held_out = split.pairs["test"] or split.pairs["val"] or split.pairs["train"]
         channels = samples["train"][0].image.shape[-1]
+        kind = "volumes" if ndim == 3 else "images"
         return SegmentationData(
             channels=channels,
-            summary=f"images: {', '.join(f'{len(samples[s])} {s}' for s in SPLITS)}; {channels} channel(s)",
+            summary=f"{kind}: {', '.join(f'{len(samples[s])} {s}' for s in SPLITS)}; {channels} channel(s)"
+            + (f"; anisotropy {anisotropy:g} ({source})" if ndim == 3 else ""),
             split=split,
             samples=samples,
-            held_out=read_image(held_out[0][0], channel_axis=config.channel_axis),
+            held_out=(
+                read_volume(held_out[0][0], axes=config.axes).data
+                if ndim == 3
+                else read_image(held_out[0][0], channel_axis=config.channel_axis)
+            ),
             demo=resume_dir is None and config.data is None,
+            ndim=ndim,
+            anisotropy=anisotropy,
         )
+
+    def resolve(self, config: SegmentConfig, data: SegmentationData) -> SegmentConfig:
+        if data.ndim == 2:
+            return config.model_copy(update={"ndim": 2})
+        return config.model_copy(update={"ndim": 3, "anisotropy": data.anisotropy})
 
     def keep_data(self, data: SegmentationData, run_dir: Path) -> None:
         keep_split(data.split, run_dir, generated=data.demo)
@@ -191,6 +247,7 @@ class SegmentTask(Task):
             input_channels=channels,
             num_classes=len(CLASS_NAMES),
             **config.network_arguments(),
+            **config.volume_arguments(),
             dropout=config.dropout,
             upsampling=config.upsampling,
             final_activation="softmax",
@@ -209,7 +266,7 @@ class SegmentTask(Task):
         train_data = training_batches(
             [s.image for s in train],
             [s.classes[..., np.newaxis] for s in train],
-            patch_size=config.patch_size,
+            patch_size=config.patch_shape(),
             batch_size=config.batch_size,
             seed=config.seed,
             first_epoch=first_epoch,
@@ -218,7 +275,7 @@ class SegmentTask(Task):
         val_data = grid_patches(
             [s.image for s in val],
             [s.classes[..., np.newaxis] for s in val],
-            patch_size=config.patch_size,
+            patch_size=config.patch_shape(),
             max_patches=config.val_patches,
         )
         return TrainingData(train_data, val_data)
@@ -249,10 +306,11 @@ class SegmentTask(Task):
             "evaluated_on": evaluated_on,
             "postprocessing": {key: getattr(config, key) for key in POSTPROCESSING_KEYS},
             **evaluate_segmentation(runner, samples[evaluated_on], geometry=geometry, config=config),
+            # Per spatial axis, (z,) y, x.
             "geometry": {
-                "step": geometry.step,
-                "halo": geometry.halo,
-                "receptive_field": geometry.receptive_field,
+                "step": list(geometry.steps),
+                "halo": list(geometry.halos),
+                "receptive_field": list(geometry.receptive_fields),
             },
         }
 
@@ -297,16 +355,18 @@ class SegmentTask(Task):
             "images).",
         ]
         channels = int(np.load(run_dir / SAMPLE_FILE, mmap_mode="r").shape[-1])
+        dims, pixel = ("3D", "voxel") if config.ndim == 3 else ("2D", "pixel")
         # The thresholds prediction uses, for the package's ImageJ macro (cells in Fiji).
         thresholds = self.prediction_config(run_dir, config)
         return Declaration(
             task=self.name,
             checkpoint=self.results_checkpoint,
             name=f"U-Net cell segmentation ({run_dir.name})",
-            description="2D U-Net that classifies every pixel as background, cell interior or cell boundary "
+            description=f"{dims} U-Net that classifies every {pixel} as background, cell interior or cell "
+            "boundary "
             "(softmax probabilities), trained with bioimage-keras-zoo; instances follow from a seeded "
             "watershed of the interior probabilities.",
-            tags=["segmentation", "instance-segmentation", "unet", "2d", "keras", "cells"],
+            tags=["segmentation", "instance-segmentation", "unet", dims.lower(), "keras", "cells"],
             cite=[UNET],
             input=Tensor(
                 id="raw",
@@ -341,15 +401,27 @@ class SegmentTask(Task):
     def predict_file(
         self, path: Path, out_dir: Path, *, run_dir: Path, config: SegmentConfig, model, runner
     ) -> None:
-        image = read_image(path, channel_axis=config.channel_axis)
+        if config.ndim == 3:
+            image = read_volume(path, axes=config.axes).data
+        else:
+            image = read_image(path, channel_axis=config.channel_axis)
         image = percentile_normalize(image, config.percentile_low, config.percentile_high)
         probabilities, instances = predict_segmentation(
             runner, image, geometry=model_geometry(model), config=config
         )
         targets = [out_dir / name for name in self.output_names(path.stem)]
+        # Channels before y and x (ImageJ's order): CYX, or ZCYX for a volume.
         write_tiff_atomic(
-            targets[0], np.moveaxis(probabilities, -1, 0), imagej=True, metadata={"axes": "CYX"}
+            targets[0],
+            np.moveaxis(probabilities, -1, -3),
+            imagej=True,
+            metadata={"axes": "ZCYX" if config.ndim == 3 else "CYX"},
         )
         label_dtype = np.uint16 if instances.max() < 2**16 else np.uint32
-        write_tiff_atomic(targets[1], instances.astype(label_dtype), imagej=label_dtype == np.uint16)
+        write_tiff_atomic(
+            targets[1],
+            instances.astype(label_dtype),
+            imagej=label_dtype == np.uint16,
+            **({"metadata": {"axes": "ZYX"}} if config.ndim == 3 and label_dtype == np.uint16 else {}),
+        )
         print(f"{path.name}: {int(instances.max())} objects -> {targets[1]}")
