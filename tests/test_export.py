@@ -163,8 +163,9 @@ def test_halo_is_rounded_so_that_twice_it_is_a_multiple_of_the_step():
         # of the step that leaves at least one pixel inside the halo on both sides.
         FakeRun.geometry = geometry
         sizes = describe.tensors(FakeRun)
-        assert (sizes.step, sizes.halo) == (step, geometry.border), case
-        assert sizes.min_size == next(m for m in itertools.count(step, step) if m - 2 * sizes.halo >= 1), case
+        assert (sizes.steps, sizes.halos) == ((step, step), (geometry.border, geometry.border)), case
+        smallest = next(m for m in itertools.count(step, step) if m - 2 * geometry.border >= 1)
+        assert sizes.min_sizes == (smallest, smallest), case
     assert 2 <= rounded < len(REAL_UNETS)  # the control: the rounding changes some halos and not others
 
 

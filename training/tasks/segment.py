@@ -156,13 +156,19 @@ def _load_split(split: PairSplit, config: SegmentConfig, *, ndim: int, anisotrop
 
 
 def _spatial_axes(config: SegmentConfig, split: PairSplit) -> int:
-    """--ndim, else 3 where the first training mask is a volume (its axes given or squeezed), else 2."""
+    """--ndim, else 3 where the first readable training mask is a volume (its axes given or squeezed),
+    else 2. An unreadable mask is passed over here: loading names it, with every other bad file."""
     if config.ndim is not None:
         return config.ndim
-    mask = split.pairs["train"][0][1]
-    shape = declared_shape(mask)
-    spatial = len(config.axes.replace("C", "")) if config.axes else sum(n > 1 for n in shape)
-    return 3 if spatial >= 3 else 2
+    if config.axes:
+        return 3 if "Z" in config.axes.upper() else 2
+    for _, mask in split.pairs["train"]:
+        try:
+            shape = declared_shape(mask)
+        except UserInputError:
+            continue
+        return 3 if sum(n > 1 for n in shape) >= 3 else 2
+    return 2
 
 
 class SegmentTask(Task):
