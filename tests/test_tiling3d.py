@@ -161,6 +161,66 @@ def test_tiled_prediction_of_a_box_sum_equals_the_box_sum_of_the_whole_volume():
     assert shapes == [(16, 10, 24, 24, 2)] * 5 + [(4, 10, 24, 24, 2)]
 
 
+def test_a_voxel_budget_takes_fewer_tiles_per_call_before_smaller_tiles():
+    # The 84 tiles of (10, 24, 24) of the test above, at most 4 of them per call.
+    volume = integer_volume((13, 70, 45, 2))
+    shapes = []
+    tiled = tiled_predict(
+        recording(box_sum, shapes),
+        volume,
+        step=(2, 4, 4),
+        halo=(3, 7, 7),
+        tile_size=(10, 24, 24),
+        batch_size=16,
+        max_voxels=4 * 10 * 24 * 24,
+    )
+    aligned = np.pad(volume, ((0, 1), (0, 2), (0, 3), (0, 0)), mode="symmetric")
+    np.testing.assert_array_equal(tiled, box_sum(aligned[np.newaxis])[0, :13, :70, :45])
+    assert shapes == [(4, 10, 24, 24, 2)] * 21
+
+
+@pytest.mark.parametrize("max_voxels", [6000, 20_000, 1])
+def test_a_voxel_budget_shrinks_the_tiles_and_keeps_the_prediction_exact(max_voxels):
+    # The whole aligned volume (14, 72, 48) would be one call; tiles shrink, never below two halos and a
+    # step (10, 20, 20): a budget under that (1) leaves the smallest tiles, one per call.
+    volume = integer_volume((13, 70, 45, 2))
+    shapes = []
+    tiled = tiled_predict(
+        recording(box_sum, shapes),
+        volume,
+        step=(2, 4, 4),
+        halo=(3, 7, 7),
+        tile_size=(16, 72, 48),
+        batch_size=4,
+        max_voxels=max_voxels,
+    )
+    aligned = np.pad(volume, ((0, 1), (0, 2), (0, 3), (0, 0)), mode="symmetric")
+    np.testing.assert_array_equal(tiled, box_sum(aligned[np.newaxis])[0, :13, :70, :45])
+    assert len(shapes) > 1
+    voxels = [int(np.prod(shape[:-1])) for shape in shapes]
+    if max_voxels >= 10 * 20 * 20:
+        assert max(voxels) <= max_voxels
+        assert max(voxels) > max_voxels / 2  # as large as the budget allows, within a step per axis
+    else:
+        assert set(shapes) == {(1, 10, 20, 20, 2)}
+
+
+def test_a_voxel_budget_shrinks_the_sides_that_hold_the_most_halos_first():
+    # z holds 3.5 of its halos, y and x 25: only y and x shrink, to about equal sides.
+    volume = integer_volume((14, 200, 200, 1))
+    shapes = []
+    tiled_predict(
+        recording(box_sum, shapes),
+        volume,
+        step=(2, 4, 4),
+        halo=(4, 8, 8),
+        tile_size=(16, 200, 200),
+        max_voxels=14 * 100 * 100,
+    )
+    assert {shape[1] for shape in shapes} == {14}
+    assert all(abs(shape[2] - shape[3]) <= 4 and shape[2] * shape[3] <= 100 * 100 for shape in shapes)
+
+
 def test_tiled_prediction_of_a_box_sum_with_too_small_a_z_halo_differs():
     volume = integer_volume((13, 70, 45, 1))
     expected = box_sum(np.pad(volume, ((0, 1), (0, 2), (0, 3), (0, 0)), mode="symmetric")[np.newaxis])

@@ -30,6 +30,11 @@ from zoo import Geometry
 # A size given once for every spatial axis, or once per spatial axis in the order (z,) y, x.
 Size = int | Sequence[int]
 
+# The most pixels (voxels) that `predict_with_geometry` feeds the model in one call: eight times the
+# 2D default (4 tiles of 512 x 512), or one 64 x 362 x 362 tile of a volume. A call's memory grows in
+# proportion (docs/benchmarks.md measures it).
+MAX_CALL_VOXELS = 2**23
+
 
 def per_axis(size: Size, axes: int, name: str = "size") -> tuple[int, ...]:
     """`size` as one int per spatial axis: an int repeated `axes` times, or a sequence of `axes` ints. The
@@ -107,6 +112,26 @@ def _axis_tiles(length: int, max_tile: int, halo: int, step: int) -> list[tuple[
     return tiles
 
 
+def _within(
+    max_voxels: int, tiles: list[int], batch_size: int, *, steps: Sequence[int], halos: Sequence[int]
+) -> tuple[list[int], int]:
+    """Tile sides and tiles per call whose voxels together stay within `max_voxels`: fewer tiles per call
+    first, then, one step at a time, a shorter side where the tile holds the most halos (the side whose
+    overlap costs least to grow), down to two halos and one step."""
+    tiles = list(tiles)
+    floors = [2 * h + s for h, s in zip(halos, steps, strict=True)]
+    batch_size = max(1, min(batch_size, max_voxels // math.prod(tiles)))
+    while math.prod(tiles) > max_voxels:
+        shrinkable = [
+            axis for axis, (t, f) in enumerate(zip(tiles, floors, strict=True)) if t - steps[axis] >= f
+        ]
+        if not shrinkable:
+            break
+        axis = max(shrinkable, key=lambda a: tiles[a] / max(halos[a], 1))
+        tiles[axis] -= steps[axis]
+    return tiles, batch_size
+
+
 def tiled_predict(
     model: Predictor,
     image: np.ndarray,
@@ -116,6 +141,7 @@ def tiled_predict(
     tile_size: Size = 512,
     batch_size: int = 4,
     border: Size = 0,
+    max_voxels: int | None = None,
 ) -> np.ndarray:
     """Predict a (*spatial, C) image, 2D or 3D, tile by tile; returns (*spatial, K) float32.
 
@@ -131,6 +157,9 @@ def tiled_predict(
             tile is predicted whole.
         batch_size: tiles per model call.
         border: pixels mirrored around the image before prediction (see the module doc), likewise.
+        max_voxels: most pixels (voxels) one model call may take, all its tiles together, which bounds
+            the memory of a call: fewer tiles per call first, then smaller tiles, shrinking the side
+            with the most halos in it, never below one step of core between two halos. None: no bound.
     """
     spatial = image.shape[:-1]
     borders = per_axis(border, len(spatial), "border")
@@ -142,6 +171,7 @@ def tiled_predict(
             halo=halo,
             tile_size=tile_size,
             batch_size=batch_size,
+            max_voxels=max_voxels,
         )
         return _crop(output, borders, spatial)
     steps = per_axis(step, len(spatial), "step")
@@ -151,6 +181,9 @@ def tiled_predict(
         for t, s, h in zip(per_axis(tile_size, len(spatial), "tile_size"), steps, halos, strict=True)
     ]
     padded = pad_to_step(image, steps)
+    tiles = [min(tile, length) for tile, length in zip(tiles, padded.shape[:-1], strict=True)]
+    if max_voxels is not None:
+        tiles, batch_size = _within(max_voxels, tiles, batch_size, steps=steps, halos=halos)
     axes = [_axis_tiles(*axis) for axis in zip(padded.shape[:-1], tiles, halos, steps, strict=True)]
     if all(len(axis) == 1 for axis in axes):
         return predict_whole(model, image, step=steps)
@@ -172,12 +205,19 @@ def tiled_predict(
 
 
 def predict_with_geometry(
-    model: Predictor, image: np.ndarray, geometry: Geometry, *, tile_size: Size, batch_size: int = 4
+    model: Predictor,
+    image: np.ndarray,
+    geometry: Geometry,
+    *,
+    tile_size: Size,
+    batch_size: int = 4,
+    max_voxels: int | None = MAX_CALL_VOXELS,
 ) -> np.ndarray:
     """`tiled_predict` with a model's steps, halos and mirrored borders per axis (`zoo.model_geometry`),
     in tiles of at least 8 halos along each axis: the overlap computed twice then stays under 1.8 times
     the image (a deep U-Net's halo would otherwise take most of a small tile). A tile is never longer
-    than the padded image along an axis, however many halos that leaves it."""
+    than the padded image along an axis, however many halos that leaves it, and a call never takes more
+    than `max_voxels` (a volume's tiles are then fewer per call, and smaller, than 8 halos allow)."""
     axes = image.ndim - 1
     steps = per_axis(geometry.steps, axes, "the model's steps")
     halos = per_axis(geometry.halos, axes, "the model's halos")
@@ -193,6 +233,7 @@ def predict_with_geometry(
         tile_size=tiles,
         batch_size=batch_size,
         border=geometry.borders,
+        max_voxels=max_voxels,
     )
 
 
