@@ -154,6 +154,26 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
     assert flags == {"epochs": "7"}
 
 
+@pytest.mark.parametrize("task", ["segment", "denoise"])
+def test_volumes_take_smaller_patches_and_batches_unless_given(task: str, tmp_path: Path) -> None:
+    parser = training_parser(get_task(task))
+    volume = _config_and_flags(parser.parse_args(["--ndim", "3"]))[0]
+    assert (volume.patch_size, volume.batch_size) == (64, 4)
+    given = _config_and_flags(parser.parse_args(["--ndim", "3", "--patch-size", "96", "--batch-size", "2"]))[
+        0
+    ]
+    assert (given.patch_size, given.batch_size) == (96, 2)
+    config_file = tmp_path / "options.json"
+    config_file.write_text(json.dumps({"batch_size": 6}))
+    from_file = _config_and_flags(parser.parse_args(["--config", str(config_file)]))[0]
+    image = from_file.for_ndim(2)
+    assert image.batch_size == 6 and image.patch_size == type(image).model_fields["patch_size"].default
+    assert (from_file.for_ndim(3).patch_size, from_file.for_ndim(3).batch_size) == (64, 6)
+    # A recorded run sets every option: resuming it changes none of them.
+    recorded = type(volume)(**volume.model_dump())
+    assert recorded.for_ndim(3).model_dump() == volume.model_dump()
+
+
 def test_list_flag_takes_several_values() -> None:
     assert _config("--class-weights", "1", "2", "3").class_weights == [1.0, 2.0, 3.0]
 

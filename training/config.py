@@ -9,7 +9,7 @@ without the command line that started it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -188,6 +188,18 @@ class VolumeOptions(BaseModel):
         "network pools z only from the level at which its xy pixels have grown to about the z spacing.",
     )
 
+    # What volumes train on where the options were not given: a 3D patch holds `patch_depth` times the
+    # pixels of a square one, so patches are smaller and fewer per batch than for images.
+    VOLUME_DEFAULTS: ClassVar[dict[str, int]] = {"patch_size": 64, "batch_size": 4}
+
+    def for_ndim(self, ndim: int):
+        """These options for data of `ndim` spatial axes: volumes take `VOLUME_DEFAULTS` for the options
+        that were not given (on the command line, in --config, or recorded by a resumed run)."""
+        update: dict[str, Any] = {"ndim": ndim}
+        if ndim == 3:
+            update |= {k: v for k, v in self.VOLUME_DEFAULTS.items() if k not in self.model_fields_set}
+        return self.model_copy(update=update)
+
     def patch_shape(self) -> int | tuple[int, int, int]:
         """The training patch: a square of `patch_size` (2D), or `patch_depth` x `patch_size` squared."""
         return (self.patch_depth, self.patch_size, self.patch_size) if self.ndim == 3 else self.patch_size
@@ -207,6 +219,10 @@ class VolumeOptions(BaseModel):
 
     @model_validator(mode="after")
     def _check_volume(self):
+        if self.ndim == 3:
+            for key, value in self.VOLUME_DEFAULTS.items():
+                if key not in self.model_fields_set:
+                    self.__dict__[key] = value
         if self.axes is not None:
             from base.errors import UserInputError
             from training.images import parse_axes

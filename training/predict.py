@@ -3,9 +3,10 @@ its name (`python -m training.predict nuclei IMAGES/ --out OUT/`), to new images
 
 Each input image NAME gives the files of the run's task: for segmentation `NAME_probabilities.tif`
 (float32, classes background / interior / boundary as ImageJ channels) and `NAME_labels.tif` (instance
-labels); for denoising `NAME_denoised.tif`; for CARE `NAME_restored.tif` (float32; a 3D stack is
-processed slice by slice). Every file is written atomically. Images are normalised exactly as in training
-and predicted in tiles, so any size works. A bad input file is reported and skipped; the others are still
+labels); for denoising `NAME_denoised.tif`; for CARE `NAME_restored.tif` (float32). A run trained on
+volumes (`--ndim 3`) predicts each stack as one volume, in 3D tiles; a 2D run denoises or restores a stack
+slice by slice. Every file is written atomically. Images are normalised exactly as in training and
+predicted in tiles, so any size works. A bad input file is reported and skipped; the others are still
 written; the exit status is 2 if any file was bad.
 """
 

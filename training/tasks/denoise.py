@@ -80,8 +80,12 @@ class DenoiseConfig(UNetOptions, VolumeOptions, RestorationOptions, TrainingConf
         "are at least 3, else the bottom rows of each image.",
     )
 
-    patch_size: int = Field(64, ge=16, le=4096, description="Side of the square training patches, in pixels.")
-    batch_size: int = Field(32, ge=1, le=4096, description="Global batch size (split across replicas).")
+    patch_size: int = Field(
+        64, ge=16, le=4096, description="Side of the square training patches (volumes: of their y-x plane)."
+    )
+    batch_size: int = Field(
+        32, ge=1, le=4096, description="Global batch size (split across replicas); volumes: 4 unless given."
+    )
     epochs: int = Field(20, ge=1, le=100_000, description="Number of epochs.")
     steps_per_epoch: int = Field(25, ge=1, le=1_000_000, description="Training batches per epoch.")
     learning_rate: float = Field(
@@ -263,8 +267,8 @@ class DenoiseTask(Task):
 
     def resolve(self, config: DenoiseConfig, data: NoisyData) -> DenoiseConfig:
         if data.anisotropy is None:
-            return config.model_copy(update={"ndim": 2})
-        return config.model_copy(update={"ndim": 3, "anisotropy": data.anisotropy})
+            return config.for_ndim(2)
+        return config.for_ndim(3).model_copy(update={"anisotropy": data.anisotropy})
 
     def keep_data(self, data: NoisyData, run_dir: Path) -> None:
         noisy, clean = data.sources["data"], data.sources["clean"]

@@ -76,6 +76,16 @@ class SegmentConfig(UNetOptions, VolumeOptions, PairSplitOptions, TrainingConfig
     )
     percentile_high: float = Field(99.8, gt=0, le=100, description="Upper percentile of normalisation.")
 
+    patch_size: int = Field(
+        128,
+        ge=16,
+        le=4096,
+        description="Side of the square training patches, in pixels; volumes: of their y-x plane, 64 "
+        "unless given.",
+    )
+    batch_size: int = Field(
+        8, ge=1, le=4096, description="Global batch size (split across replicas); volumes: 4 unless given."
+    )
     epochs: int = Field(20, ge=1, le=100_000, description="Number of epochs.")
     steps_per_epoch: int = Field(40, ge=1, le=1_000_000, description="Training batches per epoch.")
     model: Literal["unet"] = Field("unet", description="Registered model to train.")
@@ -209,6 +219,7 @@ class SegmentTask(Task):
                 seed=config.seed,
             )
             ndim = _spatial_axes(config, split)
+        config = config.for_ndim(ndim)
         anisotropy, source = 1.0, ""
         if ndim == 3:
             images = [image for name in SPLITS for image, _ in split.pairs[name]]
@@ -241,8 +252,8 @@ class SegmentTask(Task):
 
     def resolve(self, config: SegmentConfig, data: SegmentationData) -> SegmentConfig:
         if data.ndim == 2:
-            return config.model_copy(update={"ndim": 2})
-        return config.model_copy(update={"ndim": 3, "anisotropy": data.anisotropy})
+            return config.for_ndim(2)
+        return config.for_ndim(3).model_copy(update={"anisotropy": data.anisotropy})
 
     def keep_data(self, data: SegmentationData, run_dir: Path) -> None:
         keep_split(data.split, run_dir, generated=data.demo)
