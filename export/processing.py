@@ -4,12 +4,15 @@ A run's task declares its normalisation as rdf operations (`export.declaration`)
 deepImageJ's JDLL implements, so every consumer (bioimageio.core, deepImageJ, ilastik) normalises as
 training did:
 
-- `scale_range` per image and channel over (y, x): `(x - p_low) / (p_high - p_low + eps)`;
+- `scale_range` per image (or volume) and channel over (y, x) or (z, y, x): `(x - p_low) / (p_high -
+  p_low + eps)`;
 - `fixed_zero_mean_unit_variance`: `(x - mean) / (std + 1e-6)`;
 - `scale_linear`: `x * gain + offset`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,10 +28,12 @@ def _per_channel(**values: list[float]) -> dict:
     return {name: [float(x) for x in v] for name, v in values.items()} | {"axis": "c"}
 
 
-def scale_range(min_percentile: float, max_percentile: float) -> Operation:
-    """Per image and channel: percentiles over (y, x). Leaving `axes` out would make bioimageio.core
-    reduce over the batch too (dataset statistics)."""
-    kwargs = {"axes": ["y", "x"], "min_percentile": float(min_percentile), "eps": EPS}
+def scale_range(
+    min_percentile: float, max_percentile: float, *, axes: Sequence[str] = ("y", "x")
+) -> Operation:
+    """Per image (or volume) and channel: percentiles over its spatial `axes`. Leaving `axes` out would
+    make bioimageio.core reduce over the batch too (dataset statistics)."""
+    kwargs = {"axes": list(axes), "min_percentile": float(min_percentile), "eps": EPS}
     return Operation(id="scale_range", kwargs=kwargs | {"max_percentile": float(max_percentile)})
 
 
@@ -43,13 +48,15 @@ def scale_linear(gain: list[float], offset: list[float]) -> Operation:
 
 
 def apply(operations: list[Operation], image: np.ndarray) -> np.ndarray:
-    """Apply rdf operations to a (..., Y, X, C) float array, with the formulas bioimage.io defines."""
+    """Apply rdf operations to a (..., Y, X, C) or (..., Z, Y, X, C) float array, with the formulas
+    bioimage.io defines (`scale_range` over its spatial `axes`, the ones just before the channel)."""
     x = image.astype(np.float64)
     for op in operations:
         k = op.kwargs
         if op.id == "scale_range":
-            low = np.percentile(x, k["min_percentile"], axis=(-3, -2), keepdims=True)
-            high = np.percentile(x, k["max_percentile"], axis=(-3, -2), keepdims=True)
+            spatial = tuple(range(-1 - len(k.get("axes", "yx")), -1))
+            low = np.percentile(x, k["min_percentile"], axis=spatial, keepdims=True)
+            high = np.percentile(x, k["max_percentile"], axis=spatial, keepdims=True)
             x = (x - low) / (high - low + k["eps"])
         elif op.id == "fixed_zero_mean_unit_variance":
             x = (x - np.asarray(k["mean"])) / (np.asarray(k["std"]) + EPS)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import json
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +20,27 @@ import pytest  # noqa: E402
 import zoo  # noqa: E402
 
 DATA_DIR = Path(__file__).parents[1].parent / "shared" / "data"
+
+# onnxruntime 1.13.1, deepImageJ's newest ONNX engine, through Node.js (`npm ci --prefix tests/ort113`).
+ORT113 = Path(__file__).parent / "ort113"
+needs_ort113 = pytest.mark.skipif(
+    not (ORT113 / "node_modules" / "onnxruntime-node").is_dir() or shutil.which("node") is None,
+    reason="onnxruntime-node 1.13.1 not installed (npm ci --prefix tests/ort113) or no node",
+)
+
+
+def run_on_ort113(onnx: Path, array: np.ndarray, input_id: str, scratch: Path) -> tuple[dict, np.ndarray]:
+    """Run an ONNX file on onnxruntime 1.13.1: its report (`version`, `inputs`, `outputs`, `dims`) and the
+    output for `array` (float32), fed as `input_id`."""
+    array.astype("<f4").tofile(scratch / "in.f32")
+    result = subprocess.run(
+        ["node", str(ORT113 / "run.js"), str(onnx), str(scratch / "in.f32"), json.dumps(list(array.shape)),
+         input_id, str(scratch / "out.f32")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    info = json.loads(result.stdout)
+    return info, np.fromfile(scratch / "out.f32", "<f4").reshape(info["dims"])
+
 
 # Tests of TensorFlow's own API (its strategies, fused kernel, profiler, gradient tape): skipped where the
 # suite runs on another backend (`KERAS_BACKEND=jax` or `torch`, as CI does for the fast tests).

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from bioimageio.spec import load_model_description
 from bioimageio.spec.utils import read_yaml
+from conftest import needs_ort113, run_on_ort113
 
 import zoo
 from export import describe
@@ -38,7 +39,6 @@ from training.restoration import restore_image
 from training.tasks.denoise import DenoiseConfig
 from training.tiling import tiled_predict
 
-ORT113 = Path(__file__).parent / "ort113"
 TINY_DENOISE = (
     "--epochs 1 --steps-per-epoch 2 --batch-size 4 --patch-size 32 --base-filters 4 --depth 2 "
     "--val-patches 4 --mask-fraction 0.01 --no-export"
@@ -301,10 +301,7 @@ def test_onnx_and_torchscript_equal_keras_on_odd_sizes(name, options, converter,
             np.testing.assert_allclose(traced(torch.from_numpy(x)).numpy(), expected, atol=1e-4)
 
 
-@pytest.mark.skipif(
-    not (ORT113 / "node_modules" / "onnxruntime-node").is_dir() or shutil.which("node") is None,
-    reason="onnxruntime-node 1.13.1 not installed (npm ci --prefix tests/ort113) or no node",
-)
+@needs_ort113
 def test_onnx_runs_on_onnxruntime_1_13_1_and_reproduces_the_test_output(
     segment_package, denoise_package, tmp_path
 ):
@@ -320,48 +317,22 @@ def test_onnx_runs_on_onnxruntime_1_13_1_and_reproduces_the_test_output(
 
         raw = np.load(folder / inp["test_tensor"]["source"])
         normalized = apply(ops(inp.get("preprocessing", [])), raw)
-        normalized.astype("<f4").tofile(tmp_path / "in.f32")
-        result = subprocess.run(
-            [
-                "node",
-                str(ORT113 / "run.js"),
-                str(folder / "weights.onnx"),
-                str(tmp_path / "in.f32"),
-                json.dumps(list(normalized.shape)),
-                inp["id"],
-                str(tmp_path / "out.f32"),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        info = json.loads(result.stdout)
+        info, network = run_on_ort113(folder / "weights.onnx", normalized, inp["id"], tmp_path)
         assert info["version"] == "1.13.1"
         assert info["inputs"] == [inp["id"]] and info["outputs"] == [out["id"]]
-        network = np.fromfile(tmp_path / "out.f32", "<f4").reshape(info["dims"])
         np.testing.assert_allclose(network, keras.ops.convert_to_numpy(model(normalized)), atol=1e-4)
         final = apply(ops(out.get("postprocessing", [])), network)
         expected = np.load(folder / out["test_tensor"]["source"])
         np.testing.assert_allclose(final, expected, atol=1e-4 * max(1.0, float(np.abs(expected).max())))
 
 
-@pytest.mark.skipif(
-    not (ORT113 / "node_modules" / "onnxruntime-node").is_dir() or shutil.which("node") is None,
-    reason="onnxruntime-node 1.13.1 not installed (npm ci --prefix tests/ort113) or no node",
-)
+@needs_ort113
 def test_onnx_converted_under_pytorch_runs_on_onnxruntime_1_13_1(tmp_path):
     model = portable_model(zoo.build_model("unet", depth=2, base_filters=4, input_channels=1))
     write_onnx(model, tmp_path / "m.onnx", input_id="raw", output_id="out", converter="torch")
     x = np.random.default_rng(0).normal(size=(1, 36, 44, 1)).astype("<f4")
-    x.tofile(tmp_path / "in.f32")
-    result = subprocess.run(
-        ["node", str(ORT113 / "run.js"), str(tmp_path / "m.onnx"), str(tmp_path / "in.f32"),
-         json.dumps(list(x.shape)), "raw", str(tmp_path / "out.f32")],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    info = json.loads(result.stdout)
+    info, network = run_on_ort113(tmp_path / "m.onnx", x, "raw", tmp_path)
     assert info["version"] == "1.13.1" and info["inputs"] == ["raw"] and info["outputs"] == ["out"]
-    network = np.fromfile(tmp_path / "out.f32", "<f4").reshape(info["dims"])
     np.testing.assert_allclose(network, keras.ops.convert_to_numpy(model(x, training=False)), atol=1e-4)
 
 

@@ -328,3 +328,17 @@ def test_the_stardist_mask_volume_holds_its_labels(stardist_dir):
     labels = read_mask_volume(stardist_dir / "mask3d.tif")
     assert labels.shape == (31, 61, 57)
     assert len(np.unique(labels)) == 52  # the background and 51 objects
+
+
+def test_a_volume_is_normalised_over_all_its_voxels_as_its_package_declares():
+    from export.processing import apply, scale_range
+    from training.images import percentile_normalize
+
+    volume = np.zeros((4, 8, 8, 1), np.float32)
+    volume[2:] = 100.0  # two dark slices, two bright ones
+    volume[3, :, :4] = 50.0
+    normalized = percentile_normalize(volume, 1.0, 99.8)
+    assert normalized[:2].max() < 0.01 and normalized[2].min() > 0.99  # not slice by slice
+    assert np.ptp(normalized[:, 0, 0]) > 0.9  # nor column by column
+    declared = apply([scale_range(1.0, 99.8, axes=("z", "y", "x"))], volume[np.newaxis])[0]
+    np.testing.assert_allclose(declared, normalized, atol=1e-6)

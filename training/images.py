@@ -360,13 +360,15 @@ def read_mask_volume(path: Path, *, axes: str | None = None) -> np.ndarray:
 def percentile_normalize(
     image: np.ndarray, low: float = 1.0, high: float = 99.8, eps: float = 1e-6
 ) -> np.ndarray:
-    """Scale each channel of a (Y, X, C) image so its `low` percentile maps to 0 and `high` to 1.
+    """Scale each channel of a (Y, X, C) image or a (Z, Y, X, C) volume so its `low` percentile (over all
+    its pixels or voxels) maps to 0 and `high` to 1.
 
-    Same formula as bioimage.io's `scale_range` over axes (y, x): (x - p_low) / (p_high - p_low + eps),
-    so an exported package normalises exactly like training did.
+    Same formula as bioimage.io's `scale_range` over the spatial axes (y, x, or z, y, x):
+    (x - p_low) / (p_high - p_low + eps), so an exported package normalises exactly like training did.
     """
-    lower = np.percentile(image, low, axis=(0, 1), keepdims=True)
-    upper = np.percentile(image, high, axis=(0, 1), keepdims=True)
+    spatial = tuple(range(image.ndim - 1))
+    lower = np.percentile(image, low, axis=spatial, keepdims=True)
+    upper = np.percentile(image, high, axis=spatial, keepdims=True)
     return ((image - lower) / (upper - lower + eps)).astype(np.float32)
 
 

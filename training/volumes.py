@@ -71,3 +71,11 @@ def thin_volumes(shapes: dict[str, tuple[int, ...]], *, patch_depth: int) -> lis
         for name, shape in shapes.items()
         if shape[0] < patch_depth
     ]
+
+
+def spacing_note(anisotropy: float | None) -> str:
+    """What a 3D package's input description says about the voxels it was trained on."""
+    return (
+        f" Volumes (z, y, x) whose z spacing is {anisotropy or 1:g} times their xy pixel size, as in "
+        "training; resample volumes of another spacing first."
+    )

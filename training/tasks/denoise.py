@@ -35,7 +35,7 @@ from training.noisy_images import (
 )
 from training.pipeline import grid_patches, training_batches
 from training.task import NETWORK_OPTIONS, Task, TaskData, TrainingData, training_lines
-from training.volumes import anisotropy_of, z_step
+from training.volumes import anisotropy_of, spacing_note, z_step
 from zoo import build_model
 
 N2V = Citation(
@@ -381,7 +381,8 @@ class DenoiseTask(Task):
                 channels=channels,
                 processing=pre,
                 description="The input is normalised with the training mean and standard deviation "
-                "(`fixed_zero_mean_unit_variance`) and the output scaled back (`scale_linear`).",
+                "(`fixed_zero_mean_unit_variance`) and the output scaled back (`scale_linear`)."
+                + (spacing_note(config.anisotropy) if config.ndim == 3 else ""),
             ),
             output=Tensor(
                 id="denoised",

@@ -44,7 +44,7 @@ from training.synthetic_files import write_synthetic_dataset, write_synthetic_vo
 from training.targets import CLASS_NAMES
 from training.task import NETWORK_OPTIONS, Task, TaskData, TrainingData, training_lines
 from training.tiling import predict_with_geometry
-from training.volumes import files_anisotropy, thin_volumes, z_step
+from training.volumes import files_anisotropy, spacing_note, thin_volumes, z_step
 from zoo import build_model, model_geometry
 
 UNET = Citation(
@@ -388,9 +388,16 @@ class SegmentTask(Task):
             input=Tensor(
                 id="raw",
                 channels=[f"channel{c}" for c in range(channels)],
-                processing=[processing.scale_range(config.percentile_low, config.percentile_high)],
+                processing=[
+                    processing.scale_range(
+                        config.percentile_low,
+                        config.percentile_high,
+                        axes=("z", "y", "x") if config.ndim == 3 else ("y", "x"),
+                    )
+                ],
                 description=f"Each image is normalised per channel to its {config.percentile_low}th and "
-                f"{config.percentile_high}th percentiles (`scale_range`).",
+                f"{config.percentile_high}th percentiles (`scale_range`)."
+                + (spacing_note(config.anisotropy) if config.ndim == 3 else ""),
             ),
             output=Tensor(
                 id="probabilities",
