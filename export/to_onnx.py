@@ -10,6 +10,7 @@ a run trained on any backend converts with whichever converter is installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -46,7 +47,7 @@ def _export_with_torch(model, out_file: str, input_id: str, channels: int) -> No
     shape = traced_shape(model)
     names = ("batch", "z", "y", "x") if len(shape) == 5 else ("batch", "y", "x")
     dynamic = dict(enumerate(names))
-    with torch.no_grad():
+    with torch.no_grad(), _plain_memory_format():
         torch.onnx.export(
             inference_module(model),
             (torch.zeros(*shape),),
@@ -57,6 +58,24 @@ def _export_with_torch(model, out_file: str, input_id: str, channels: int) -> No
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
+
+
+@contextlib.contextmanager
+def _plain_memory_format():
+    """Keras's torch convolutions ask for a channels-last memory layout (`contiguous(memory_format=...)`,
+    a speed hint that changes no value), which the TorchScript ONNX exporter cannot express for 3D
+    kernels; the trace skips it."""
+    from keras.src.backend.torch import nn
+
+    hint = getattr(nn, "_maybe_convert_to_channels_last", None)
+    if hint is None:
+        yield
+        return
+    nn._maybe_convert_to_channels_last = lambda tensor: tensor
+    try:
+        yield
+    finally:
+        nn._maybe_convert_to_channels_last = hint
 
 
 if __name__ == "__main__":

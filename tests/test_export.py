@@ -261,8 +261,18 @@ def test_denoising_cites_n2v_and_the_cover_is_input_beside_output(denoise_packag
 # === Weights ===
 
 
-def _odd_shapes(step: int) -> list[tuple[int, int, int]]:
-    return [(1, 3 * step, 5 * step), (2, 7 * step, step), (1, 9 * step, 11 * step)]
+# A volume's network: pooling y and x only at the first level, as for a z spacing of twice the xy pixel.
+VOLUME_POOLS = [(1, 2, 2), (2, 2, 2)]
+
+
+def _odd_shapes(steps: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """(batch, *spatial) shapes of odd multiples of the steps, the trace's own shape among none of them;
+    a volume's z axis takes 3, 1 and 5 steps."""
+    multiples = [(1, 3, 3, 5), (2, 1, 7, 1), (1, 5, 9, 11)]
+    return [
+        (batch, *(m * s for m, s in zip(rest[-len(steps) :], steps, strict=True)))
+        for batch, *rest in multiples
+    ]
 
 
 @pytest.mark.parametrize(
@@ -270,8 +280,10 @@ def _odd_shapes(step: int) -> list[tuple[int, int, int]]:
     [
         ("unet", {"depth": 2, "base_filters": 4, "input_channels": 2}),
         ("n2v2", {"depth": 2, "base_filters": 4, "input_channels": 2, "independent_channels": True}),
+        ("unet", {"depth": 2, "base_filters": 4, "input_channels": 2, "ndim": 3, "pool_sizes": VOLUME_POOLS}),
+        ("n2v2", {"depth": 2, "base_filters": 4, "input_channels": 2, "ndim": 3, "pool_sizes": VOLUME_POOLS}),
     ],
-    ids=["unet-batchnorm", "n2v2-blurpool-per-channel"],
+    ids=["unet-batchnorm", "n2v2-blurpool-per-channel", "unet-3d", "n2v2-3d-blurpool"],
 )
 @pytest.mark.parametrize("converter", ["tensorflow", "torch"])
 def test_onnx_and_torchscript_equal_keras_on_odd_sizes(name, options, converter, tmp_path):
@@ -291,9 +303,8 @@ def test_onnx_and_torchscript_equal_keras_on_odd_sizes(name, options, converter,
     portable.save(tmp_path / "m.keras")
     write_torchscript(tmp_path / "m.keras", tmp_path / "m.pt")
     traced = torch.jit.load(str(tmp_path / "m.pt"), map_location="cpu")
-    step = zoo.model_geometry(model).step
-    for batch, height, width in _odd_shapes(step):
-        x = rng.normal(size=(batch, height, width, 2)).astype(np.float32)
+    for shape in _odd_shapes(zoo.model_geometry(model).steps):
+        x = rng.normal(size=(*shape, 2)).astype(np.float32)
         expected = keras.ops.convert_to_numpy(model(x, training=False))
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(portable(x, training=False)), expected)
         np.testing.assert_allclose(session.run(None, {"raw": x})[0], expected, atol=1e-4)
