@@ -60,14 +60,18 @@ BACKEND_MODULES = {
     "test_init_from",
     "test_losses",
     "test_masking",
+    "test_masking3d",
     "test_n2v_models",
     "test_resume",
     "test_task_contract",
     "test_tiling",
+    "test_tiling3d",
     "test_torchscript",
     "test_tta",
+    "test_volume_cli",
     "test_weight_averaging",
     "test_zoo",
+    "test_zoo3d",
 }
 
 

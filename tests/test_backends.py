@@ -84,6 +84,20 @@ def test_each_task_trains_and_exports_a_checked_package_without_tensorflow(
     assert (tmp_path / "run" / "package.zip").is_file()
 
 
+@pytest.mark.slow
+def test_a_3d_run_trains_on_pytorch_and_resumes_on_jax_without_tensorflow_to_a_checked_package(tmp_path):
+    """Volumes on the backends without TensorFlow: the ONNX weights come from PyTorch's converter."""
+    env = _env(tmp_path, without_tensorflow=True)
+    flags = [*TINY_SEGMENT, "--ndim", "3", "--synthetic-images", "4", "--patch-depth", "8"]
+    _run(["-m", "training.segment", *flags, "--backend", "torch", "--no-export",
+          "--out-dir", str(tmp_path), "--run-name", "vol"], env)  # fmt: skip
+    result = _run(["-m", "training.segment", "--resume", str(tmp_path / "vol"), "--backend", "jax",
+                   "--epochs", "3", "--export"], env)  # fmt: skip
+    assert "all checks passed" in result.stdout
+    assert json.loads((tmp_path / "vol" / "config.json").read_text())["ndim"] == 3
+    assert len(_losses(tmp_path / "vol")) == 3
+
+
 def test_jax_training_does_not_load_tensorflow_even_where_it_is_installed(tmp_path):
     script = (
         "import sys\n"

@@ -53,6 +53,20 @@ def test_volume_masks_make_a_3d_run_with_the_files_anisotropy(volume_run: Path) 
     assert "3d" in declaration["tags"]
 
 
+def test_a_3d_run_fine_tunes_from_a_3d_run_in_bfloat16(
+    volume_run: Path, volumes: Path, tmp_path: Path
+) -> None:
+    argv = [*TINY_3D_FLAGS, "--data", str(volumes), "--out-dir", str(tmp_path), "--run-name", "tuned",
+            "--init-from", str(volume_run), "--precision", "mixed_bfloat16"]  # fmt: skip
+    assert training.segment.main(argv) == 0
+    tuned = tmp_path / "tuned"
+    assert json.loads((tuned / "init.json").read_text())["init_from"] == str(volume_run)
+    config = json.loads((tuned / "config.json").read_text())
+    assert (config["ndim"], config["precision"]) == (3, "mixed_bfloat16")
+    history = (tuned / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and "nan" not in history[1]
+
+
 def test_predicting_a_volume_writes_zcyx_probabilities_and_zyx_labels(
     volume_run: Path, volumes: Path, tmp_path: Path
 ) -> None:

@@ -69,8 +69,10 @@ def _read_keras(path: Path, given: str, shown: Path) -> keras.Model:
 
 def _from_keras(path: Path, given: str, kind: str, *, shown: Path, task: str | None, options: dict) -> Source:
     model = _read_keras(path, given, shown)
-    if len(model.inputs) != 1 or len(model.input_shape) != 4:
-        raise UserInputError(f"{given}: not a 2D image network of this project (input {model.input_shape})")
+    if len(model.inputs) != 1 or len(model.input_shape) not in (4, 5):
+        raise UserInputError(
+            f"{given}: not an image or volume network of this project (input {model.input_shape})"
+        )
     return Source(
         given=given,
         kind=kind,
