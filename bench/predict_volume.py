@@ -59,7 +59,7 @@ def tiling_of(run_dir: Path, shape: tuple[int, ...], tile_size: int | None) -> d
 
     def record(batch: np.ndarray) -> np.ndarray:
         calls.append(batch.shape)
-        return np.zeros(batch.shape[:-1] + (1,), np.float32)
+        return np.zeros((*batch.shape[:-1], 1), np.float32)
 
     predict_with_geometry(
         record, np.zeros((*shape, 1), np.float32), geometry, tile_size=tile_size or config.tile_size
