@@ -48,6 +48,7 @@ def test_volume_masks_make_a_3d_run_with_the_files_anisotropy(volume_run: Path) 
     metrics = json.loads((volume_run / "metrics.json").read_text())
     # z is pooled once (its spacing is 2 xy pixels), y and x twice.
     assert metrics["geometry"]["step"] == [2, 4, 4]
+    assert metrics["voxel_size_um"] == {"z": 2.0, "y": 1.0, "x": 1.0}  # as the files record it
     assert np.load(volume_run / "sample.npy").shape == (16, 48, 48, 1)
     declaration = json.loads((volume_run / "declaration.json").read_text())
     assert "3d" in declaration["tags"]

@@ -79,3 +79,13 @@ def spacing_note(anisotropy: float | None) -> str:
         f" Volumes (z, y, x) whose z spacing is {anisotropy or 1:g} times their xy pixel size, as in "
         "training; resample volumes of another spacing first."
     )
+
+
+def voxel_size(paths: list[Path]) -> dict[str, float] | None:
+    """The voxel size (micrometres along z, y, x) of the first file whose metadata gives all three, for
+    the run's record; None where no file does."""
+    for path in paths:
+        sizes = pixel_sizes(path)
+        if {"z", "y", "x"} <= sizes.keys():
+            return {axis: round(sizes[axis], 6) for axis in ("z", "y", "x")}
+    return None

@@ -35,7 +35,7 @@ from training.noisy_images import (
 )
 from training.pipeline import grid_patches, training_batches
 from training.task import NETWORK_OPTIONS, Task, TaskData, TrainingData, training_lines
-from training.volumes import anisotropy_of, spacing_note, z_step
+from training.volumes import anisotropy_of, spacing_note, voxel_size, z_step
 from zoo import build_model
 
 N2V = Citation(
@@ -176,6 +176,7 @@ class NoisyData(TaskData):
     sources: dict  # data.json: the noisy and clean files
     demo: bool  # generated (the embedded demo), to be kept in the run folder
     anisotropy: float | None  # volumes: z spacing / xy pixel size; images: None
+    voxel_size: dict | None = None  # volumes: micrometres along z, y, x, where the files give them
 
 
 # Seeds of the masks: (seed, TRAINING_MASKS, step) for each training step, (seed, VALIDATION_MASKS) for the
@@ -263,6 +264,7 @@ class DenoiseTask(Task):
             sources={"data": data, "clean": clean},
             demo=resume_dir is None and config.data is None,
             anisotropy=anisotropy,
+            voxel_size=voxel_size([Path(image.where) for image in images]) if volume else None,
         )
 
     def resolve(self, config: DenoiseConfig, data: NoisyData) -> DenoiseConfig:
@@ -331,7 +333,12 @@ class DenoiseTask(Task):
             target = out_dir / f"{image.name}.tif"
             restoration.write_restored(target, denoised)
             results.append(restoration.compared(image.name, target, denoised, image.noisy, image.clean))
-        return {"tta": config.tta, "images": results, **restoration.quality_summary(results)}
+        return {
+            "tta": config.tta,
+            **({"voxel_size_um": data.voxel_size} if data.voxel_size else {}),
+            "images": results,
+            **restoration.quality_summary(results),
+        }
 
     def report(self, metrics: dict) -> list[str]:
         return [f"denoised with {metrics['checkpoint']}:", *restoration.quality_lines(metrics["images"])]

@@ -44,7 +44,7 @@ from training.synthetic_files import write_synthetic_dataset, write_synthetic_vo
 from training.targets import CLASS_NAMES
 from training.task import NETWORK_OPTIONS, Task, TaskData, TrainingData, training_lines
 from training.tiling import predict_with_geometry
-from training.volumes import files_anisotropy, spacing_note, thin_volumes, z_step
+from training.volumes import files_anisotropy, spacing_note, thin_volumes, voxel_size, z_step
 from zoo import build_model, model_geometry
 
 UNET = Citation(
@@ -135,6 +135,7 @@ class SegmentationData(TaskData):
     demo: bool  # generated (the embedded demo), to be kept in the run folder
     ndim: int  # spatial axes: 2 (images) or 3 (volumes)
     anisotropy: float  # volumes: z spacing / xy pixel size
+    voxel_size: dict | None = None  # volumes: micrometres along z, y, x, where the files give them
 
 
 def _load_split(split: PairSplit, config: SegmentConfig, *, ndim: int, anisotropy: float):
@@ -248,6 +249,9 @@ class SegmentTask(Task):
             demo=resume_dir is None and config.data is None,
             ndim=ndim,
             anisotropy=anisotropy,
+            voxel_size=voxel_size([image for name in SPLITS for image, _ in split.pairs[name]])
+            if ndim == 3
+            else None,
         )
 
     def resolve(self, config: SegmentConfig, data: SegmentationData) -> SegmentConfig:
@@ -321,6 +325,7 @@ class SegmentTask(Task):
                 )
         return {
             "evaluated_on": evaluated_on,
+            **({"voxel_size_um": data.voxel_size} if data.voxel_size else {}),
             "postprocessing": {key: getattr(config, key) for key in POSTPROCESSING_KEYS},
             **evaluate_segmentation(runner, samples[evaluated_on], geometry=geometry, config=config),
             # Per spatial axis, (z,) y, x.
