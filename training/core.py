@@ -90,6 +90,11 @@ def _train(task: Task, config: TrainingConfig, resume_dir: Path | None) -> Path:
     return run_dir
 
 
+# A checkpoint written under PyTorch names Keras's PyTorch-only Adam (`keras.src.backend.torch.optimizers`),
+# which another backend cannot run: a resumed run takes the optimizer of its own backend, by name.
+OPTIMIZERS_OF_THIS_BACKEND = {"Adam": keras.optimizers.Adam, "AdamW": keras.optimizers.AdamW}
+
+
 def _fit_and_evaluate(
     task: Task,
     config: TrainingConfig,
@@ -109,7 +114,7 @@ def _fit_and_evaluate(
     with devices.training_scope():
         with devices.model_scope():
             model = (
-                keras.models.load_model(run_dir / LAST_CHECKPOINT)
+                keras.models.load_model(run_dir / LAST_CHECKPOINT, custom_objects=OPTIMIZERS_OF_THIS_BACKEND)
                 if resume
                 else task.build_model(config, data.channels)
             )
