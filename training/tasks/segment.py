@@ -249,9 +249,7 @@ class SegmentTask(Task):
             demo=resume_dir is None and config.data is None,
             ndim=ndim,
             anisotropy=anisotropy,
-            voxel_size=voxel_size([image for name in SPLITS for image, _ in split.pairs[name]])
-            if ndim == 3
-            else None,
+            voxel_size=voxel_size(images) if ndim == 3 else None,
         )
 
     def resolve(self, config: SegmentConfig, data: SegmentationData) -> SegmentConfig:
