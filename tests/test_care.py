@@ -70,7 +70,9 @@ def test_a_care_run_records_its_pairs_and_predicts_as_it_evaluated(tmp_path):
 
     # training.predict on the raw test input gives the run's own output of it
     low = Path(split["data_dir"]) / "low" / tested[0]
-    assert predict_main([str(run_dir), str(low), "--out", str(tmp_path / "pred")]) == 0
+    assert (
+        predict_main([str(run_dir), str(low), "--out", str(tmp_path / "pred"), "--precision", "float32"]) == 0
+    )
     predicted = tifffile.imread(tmp_path / "pred" / f"{low.stem}_restored.tif").squeeze()
     own = tifffile.imread(run_dir / "restored" / tested[0]).squeeze()
     np.testing.assert_allclose(predicted, own, atol=1e-4)

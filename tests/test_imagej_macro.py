@@ -157,7 +157,10 @@ def test_macro_of_the_package_gives_pythons_cells_on_real_dsb_images(dsb_dir, nu
     with (dsb_dir / "index.csv").open(newline="") as handle:
         held_out = [row["name"] for row in csv.DictReader(handle) if row["split"] == "test"][:5]
     images = [dsb_dir / "images" / f"{name}.tif" for name in held_out]
-    assert predict_main(["nuclei", *map(str, images), "--out", str(tmp_path / "pred")]) == 0
+    assert (
+        predict_main(["nuclei", *map(str, images), "--out", str(tmp_path / "pred"), "--precision", "float32"])
+        == 0
+    )
     probabilities = [tmp_path / "pred" / f"{path.stem}_probabilities.tif" for path in images]
     macro, instances, _ = _package_macro(nuclei_package, tmp_path / "package")
 

@@ -78,7 +78,9 @@ def test_segment_run_keeps_its_choice_and_predict_uses_it(tmp_path, tiny_segment
     # Predict follows postprocessing.json. Two epochs leave the probabilities unsure, so thresholds are
     # set from the probabilities of one image, where the configured ones (config.json) give other labels.
     image = next((tiny_segment_data / "images").glob("*.tif"))
-    assert predict_main([str(run), str(image), "--out", str(tmp_path / "first")]) == 0
+    assert (
+        predict_main([str(run), str(image), "--out", str(tmp_path / "first"), "--precision", "float32"]) == 0
+    )
     probabilities = np.moveaxis(
         tifffile.imread(tmp_path / "first" / f"{image.stem}_probabilities.tif"), 0, -1
     )
@@ -88,7 +90,9 @@ def test_segment_run_keeps_its_choice_and_predict_uses_it(tmp_path, tiny_segment
         "min_object_size": 3,
     }
     (run / "postprocessing.json").write_text(json.dumps(tuned | chosen))
-    assert predict_main([str(run), str(image), "--out", str(tmp_path / "pred")]) == 0
+    assert (
+        predict_main([str(run), str(image), "--out", str(tmp_path / "pred"), "--precision", "float32"]) == 0
+    )
 
     np.testing.assert_array_equal(
         tifffile.imread(tmp_path / "pred" / f"{image.stem}_probabilities.tif"),

@@ -80,7 +80,7 @@ def test_denoising_a_folder_writes_float32_tiffs_of_the_input_shapes(
 ) -> None:
     out = tmp_path / "out"
 
-    assert main([str(denoise_run), str(noisy_folder), "--out", str(out)]) == 0
+    assert main([str(denoise_run), str(noisy_folder), "--out", str(out), "--precision", "float32"]) == 0
 
     assert _files(out) == ["plain_denoised.tif", "stack_denoised.tif", "wide_denoised.tif"]
     for name in ("plain", "stack", "wide"):
@@ -101,7 +101,7 @@ def test_denoising_the_training_image_reproduces_the_output_of_the_training_run(
     training_image = denoise_run.parents[1] / "data" / "noisy.tif"
     out = tmp_path / "out"
 
-    assert main([str(denoise_run), str(training_image), "--out", str(out)]) == 0
+    assert main([str(denoise_run), str(training_image), "--out", str(out), "--precision", "float32"]) == 0
 
     denoised = tifffile.imread(out / "noisy_denoised.tif")
     np.testing.assert_allclose(denoised, tifffile.imread(denoise_run / "denoised" / "noisy.tif"), rtol=1e-5)
@@ -140,7 +140,7 @@ def test_stack_slices_are_denoised_like_single_images(denoise_run: Path, tmp_pat
     tifffile.imwrite(folder / "slice.tif", stack[3])
     out = tmp_path / "out"
 
-    assert main([str(denoise_run), str(folder), "--out", str(out)]) == 0
+    assert main([str(denoise_run), str(folder), "--out", str(out), "--precision", "float32"]) == 0
 
     denoised_stack = tifffile.imread(out / "stack_denoised.tif")
     np.testing.assert_allclose(denoised_stack[3], tifffile.imread(out / "slice_denoised.tif"), rtol=1e-6)
@@ -171,7 +171,20 @@ def test_existing_output_is_replaced_with_overwrite(
     existing = out / "plain_denoised.tif"
     existing.write_bytes(b"an earlier result")
 
-    assert main([str(denoise_run), str(noisy_folder / "plain.tif"), "--out", str(out), "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                str(denoise_run),
+                str(noisy_folder / "plain.tif"),
+                "--out",
+                str(out),
+                "--overwrite",
+                "--precision",
+                "float32",
+            ]
+        )
+        == 0
+    )
 
     assert _error_lines(capsys) == []
     assert tifffile.imread(existing).shape == (40, 52)
@@ -190,8 +203,23 @@ def test_tta_averages_the_predictions_of_the_eight_orientations(denoise_run: Pat
             tifffile.imwrite(folder / f"o{flip}{turns}.tif", np.ascontiguousarray(oriented))
     tifffile.imwrite(tmp_path / "image.tif", image)
 
-    assert main([str(denoise_run), str(folder), "--out", str(tmp_path / "plain")]) == 0
-    assert main([str(denoise_run), str(tmp_path / "image.tif"), "--out", str(tmp_path / "tta"), "--tta"]) == 0
+    assert (
+        main([str(denoise_run), str(folder), "--out", str(tmp_path / "plain"), "--precision", "float32"]) == 0
+    )
+    assert (
+        main(
+            [
+                str(denoise_run),
+                str(tmp_path / "image.tif"),
+                "--out",
+                str(tmp_path / "tta"),
+                "--tta",
+                "--precision",
+                "float32",
+            ]
+        )
+        == 0
+    )
 
     turned_back = []
     for flip in (0, 1):
@@ -239,7 +267,7 @@ def test_segmentation_writes_probabilities_and_labels_of_the_input_shapes(
 ) -> None:
     out = tmp_path / "out"
 
-    assert main([str(segment_run), str(segment_inputs), "--out", str(out)]) == 0
+    assert main([str(segment_run), str(segment_inputs), "--out", str(out), "--precision", "float32"]) == 0
 
     names = ["crop", "synth_000", "synth_001"]
     assert _files(out) == sorted(f"{n}_{kind}.tif" for n in names for kind in ("labels", "probabilities"))
@@ -261,7 +289,9 @@ def test_labels_follow_the_thresholds_of_the_run_config(
     # Two epochs leave every probability near 1/3 and the default thresholds (0.5) find no object; the
     # thresholds of a copy of the run are set from the probabilities, so that objects do appear.
     image = segment_inputs / "synth_000.tif"
-    assert main([str(segment_run), str(image), "--out", str(tmp_path / "first")]) == 0
+    assert (
+        main([str(segment_run), str(image), "--out", str(tmp_path / "first"), "--precision", "float32"]) == 0
+    )
     probabilities = tifffile.imread(tmp_path / "first" / "synth_000_probabilities.tif")
     interior_threshold = float(np.quantile(probabilities[1], 0.9))
     foreground_threshold = float(np.quantile(1.0 - probabilities[0], 0.5))
@@ -276,7 +306,7 @@ def test_labels_follow_the_thresholds_of_the_run_config(
     # Without the thresholds the run chose on its validation images, the configured ones apply.
     (run / "postprocessing.json").unlink()
 
-    assert main([str(run), str(image), "--out", str(tmp_path / "second")]) == 0
+    assert main([str(run), str(image), "--out", str(tmp_path / "second"), "--precision", "float32"]) == 0
 
     labels = tifffile.imread(tmp_path / "second" / "synth_000_labels.tif")
     np.testing.assert_array_equal(
@@ -294,8 +324,24 @@ def test_segmentation_in_small_tiles_equals_whole_image_segmentation(
     segment_run: Path, segment_inputs: Path, tmp_path: Path
 ) -> None:
     image = segment_inputs / "synth_000.tif"
-    assert main([str(segment_run), str(image), "--out", str(tmp_path / "whole")]) == 0
-    assert main([str(segment_run), str(image), "--out", str(tmp_path / "tiled"), "--tile-size", "32"]) == 0
+    assert (
+        main([str(segment_run), str(image), "--out", str(tmp_path / "whole"), "--precision", "float32"]) == 0
+    )
+    assert (
+        main(
+            [
+                str(segment_run),
+                str(image),
+                "--out",
+                str(tmp_path / "tiled"),
+                "--tile-size",
+                "32",
+                "--precision",
+                "float32",
+            ]
+        )
+        == 0
+    )
 
     whole = tifffile.imread(tmp_path / "whole" / "synth_000_probabilities.tif")
     tiled = tifffile.imread(tmp_path / "tiled" / "synth_000_probabilities.tif")
@@ -311,14 +357,16 @@ def test_existing_segmentation_outputs_are_refused_then_replaced_with_overwrite(
     labels = out / "synth_001_labels.tif"
     labels.write_bytes(b"an earlier result")
 
-    assert main([str(segment_run), str(image), "--out", str(out)]) == 2
+    assert main([str(segment_run), str(image), "--out", str(out), "--precision", "float32"]) == 2
     errors = _error_lines(capsys)
     assert len(errors) == 1 and str(labels) in errors[0], errors
     # Neither output of that image is written: the probabilities would not match the kept labels.
     assert _files(out) == ["synth_001_labels.tif"]
     assert labels.read_bytes() == b"an earlier result"
 
-    assert main([str(segment_run), str(image), "--out", str(out), "--overwrite"]) == 0
+    assert (
+        main([str(segment_run), str(image), "--out", str(out), "--overwrite", "--precision", "float32"]) == 0
+    )
     assert tifffile.imread(labels).shape == (64, 64)
     assert _files(out) == ["synth_001_labels.tif", "synth_001_probabilities.tif"]
 
@@ -328,7 +376,10 @@ def test_tta_is_refused_for_a_segmentation_run(
 ) -> None:
     out = tmp_path / "out"
 
-    assert main([str(segment_run), str(segment_inputs), "--out", str(out), "--tta"]) == 2
+    assert (
+        main([str(segment_run), str(segment_inputs), "--out", str(out), "--tta", "--precision", "float32"])
+        == 2
+    )
 
     errors = _error_lines(capsys)
     assert len(errors) == 1 and "--tta" in errors[0], errors
@@ -405,7 +456,9 @@ def test_two_inputs_with_one_stem_are_refused_before_anything_is_written(
     tifffile.imwrite(folder / "a.png", _noisy((30, 30), seed=2).astype(np.uint8))
     out = tmp_path / "out"
 
-    assert main([str(denoise_run), str(folder), "--out", str(out), "--overwrite"]) == 2
+    assert (
+        main([str(denoise_run), str(folder), "--out", str(out), "--overwrite", "--precision", "float32"]) == 2
+    )
     (error,) = _error_lines(capsys)
     assert "a_denoised.tif" in error and "a.png" in error and "a.tif" in error
     assert not out.exists()
@@ -416,7 +469,21 @@ def test_out_of_range_tile_size_is_refused_naming_the_option(
     denoise_run: Path, noisy_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], tile_size: str
 ) -> None:
     out = tmp_path / "out"
-    assert main([str(denoise_run), str(noisy_folder), "--out", str(out), "--tile-size", tile_size]) == 2
+    assert (
+        main(
+            [
+                str(denoise_run),
+                str(noisy_folder),
+                "--out",
+                str(out),
+                "--tile-size",
+                tile_size,
+                "--precision",
+                "float32",
+            ]
+        )
+        == 2
+    )
     (error,) = _error_lines(capsys)
     assert "tile_size" in error
     assert not out.exists()
@@ -431,7 +498,21 @@ def test_onnx_engine_gives_the_keras_segmentation(
     outputs = {}
     for engine in ("keras", "onnx"):
         out = tmp_path / engine
-        assert main([str(segment_run), str(segment_inputs), "--out", str(out), "--engine", engine]) == 0
+        assert (
+            main(
+                [
+                    str(segment_run),
+                    str(segment_inputs),
+                    "--out",
+                    str(out),
+                    "--engine",
+                    engine,
+                    "--precision",
+                    "float32",
+                ]
+            )
+            == 0
+        )
         outputs[engine] = out
     for name in ("crop", "synth_000", "synth_001"):
         keras_p = tifffile.imread(outputs["keras"] / f"{name}_probabilities.tif")

@@ -46,7 +46,7 @@ def test_a_new_run_records_the_current_schema(finished_run):
 
 def test_export_refuses_an_older_run_folder_and_says_how_to_upgrade_it(finished_run, tmp_path, capsys):
     run = _copy_with_schema(finished_run, tmp_path, None)
-    assert export_main([str(run), "--out", str(tmp_path / "p.zip")]) == 2
+    assert export_main([str(run), "--out", str(tmp_path / "p.zip"), "--precision", "float32"]) == 2
     (error,) = _errors(capsys)
     assert "schema 1" in error and f"python -m training.upgrade {run}" in error
     assert not (tmp_path / "p.zip").exists()
@@ -78,7 +78,7 @@ def test_redeclare_gives_a_run_declared_by_an_older_version_what_its_task_declar
 def test_predict_upgrades_an_older_run_folder_by_itself(finished_run, tiny_segment_data, tmp_path, capsys):
     run = _copy_with_schema(finished_run, tmp_path, None)
     image = next((tiny_segment_data / "images").iterdir())
-    assert predict_main([str(run), str(image), "--out", str(tmp_path / "out")]) == 0
+    assert predict_main([str(run), str(image), "--out", str(tmp_path / "out"), "--precision", "float32"]) == 0
     assert "upgraded the run folder from schema 1" in capsys.readouterr().out
     assert (tmp_path / "out" / f"{image.stem}_labels.tif").is_file()
     assert (run / DECLARATION_FILE).is_file()
@@ -95,7 +95,7 @@ def test_a_newer_run_folder_is_refused_by_every_command(
             [str(run), str(tiny_segment_data / "images"), "--out", str(tmp_path / "o")]
         ),
         "resume": lambda: segment_main(["--resume", str(run), "--epochs", "3"]),
-        "export": lambda: export_main([str(run), "--out", str(tmp_path / "p.zip")]),
+        "export": lambda: export_main([str(run), "--out", str(tmp_path / "p.zip"), "--precision", "float32"]),
     }[command]
     assert argv() == 2
     (error,) = _errors(capsys)

@@ -43,6 +43,8 @@ def test_short_run_on_real_dsb_data_follows_its_split_and_evaluates_the_test_ima
     )
 
     image = dsb_dir / "images" / f"{split['pairs']['test'][0][0]}"
-    assert predict_main([str(run), str(image), "--out", str(tmp_path / "pred")]) == 0
+    assert (
+        predict_main([str(run), str(image), "--out", str(tmp_path / "pred"), "--precision", "float32"]) == 0
+    )
     labels = tifffile.imread(tmp_path / "pred" / f"{image.stem}_labels.tif")
     assert labels.shape == tifffile.imread(image).shape[:2] and labels.dtype == np.uint16

@@ -13,6 +13,7 @@ layer instead of three times), optionally computing in bfloat16 on CPUs that hav
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -116,3 +117,25 @@ def predictor(
             raise ValueError(f"the onnx engine computes in float32 only, not {precision}")
         return onnx_predictor(model)
     raise ValueError(f"unknown engine {engine!r}; one of {', '.join(ENGINES)}")
+
+
+# What one model call holds at its peak, as a fraction of all its layer outputs together: TensorFlow frees
+# each output once its last consumer ran. Measured on the U-Net and N2V with tiles of 1024 and 2048 in
+# float32 and bfloat16: 0.21 to 0.31 (docs/benchmarks.md, "Images larger than memory").
+LIVE_FRACTION = 0.35
+
+
+def activation_bytes_per_voxel(model: keras.Model, precision: str = "float32") -> float:
+    """Bytes one call of `model` holds at its peak per input pixel (voxel), beyond its weights:
+    `LIVE_FRACTION` of all its layer outputs, whose sizes come from running the model's shapes on a
+    64-pixel-wide input. Sizes calls to a memory budget (`training.blockwise.choose_sizes`)."""
+    item = 2 if precision == "bfloat16" else 4
+    spatial = len(model.inputs[0].shape) - 2
+    side = 64
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    probe = keras.Model(model.inputs, [layer.output for layer in layers])
+    outputs = probe.compute_output_spec(
+        keras.KerasTensor((1,) + (side,) * spatial + model.inputs[0].shape[-1:])
+    )
+    voxels = sum(math.prod(spec.shape[1:]) for spec in keras.tree.flatten(outputs))
+    return LIVE_FRACTION * voxels * item / side**spatial

@@ -357,6 +357,35 @@ def read_mask_volume(path: Path, *, axes: str | None = None) -> np.ndarray:
     return _checked_labels(_to_zyxc(array, path, axes, source)[..., 0], path)
 
 
+def rank_positions(count: int, percentile: float) -> tuple[int, int, float]:
+    """The two order statistics (0-based ranks) a percentile of `count` values lies between, and the
+    fraction of the way from the first to the second (numpy's default, "linear" method)."""
+    position = (count - 1) * percentile / 100.0
+    lower = min(math.floor(position), count - 1)
+    return lower, min(lower + 1, count - 1), position - lower
+
+
+def interpolate_ranks(lower: np.ndarray, upper: np.ndarray, fraction: float) -> np.ndarray:
+    """The value `fraction` of the way from `lower` to `upper`, in float64."""
+    lower = np.asarray(lower, dtype=np.float64)
+    return lower + (np.asarray(upper, dtype=np.float64) - lower) * fraction
+
+
+def channel_percentiles(image: np.ndarray, percentile: float) -> np.ndarray:
+    """The percentile of each channel of a (*spatial, C) image over all its pixels (float64, one value per
+    channel), from its exact order statistics, as `training.blockwise` computes it for a file too big to
+    hold: both give the same bits."""
+    values = image.reshape(-1, image.shape[-1])
+    first, second, fraction = rank_positions(len(values), percentile)
+    ranked = np.partition(values, sorted({first, second}), axis=0)
+    return interpolate_ranks(ranked[first], ranked[second], fraction)
+
+
+def scale_to_range(image: np.ndarray, lower: np.ndarray, upper: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """(image - lower) / (upper - lower + eps) per channel, float32."""
+    return ((image - lower) / (upper - lower + eps)).astype(np.float32)
+
+
 def percentile_normalize(
     image: np.ndarray, low: float = 1.0, high: float = 99.8, eps: float = 1e-6
 ) -> np.ndarray:
@@ -366,10 +395,7 @@ def percentile_normalize(
     Same formula as bioimage.io's `scale_range` over the spatial axes (y, x, or z, y, x):
     (x - p_low) / (p_high - p_low + eps), so an exported package normalises exactly like training did.
     """
-    spatial = tuple(range(image.ndim - 1))
-    lower = np.percentile(image, low, axis=spatial, keepdims=True)
-    upper = np.percentile(image, high, axis=spatial, keepdims=True)
-    return ((image - lower) / (upper - lower + eps)).astype(np.float32)
+    return scale_to_range(image, channel_percentiles(image, low), channel_percentiles(image, high), eps)
 
 
 def list_images(folder: Path) -> list[Path]:

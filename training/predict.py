@@ -12,7 +12,10 @@ written; the exit status is 2 if any file was bad.
 
 from __future__ import annotations
 
+import math
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -22,12 +25,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from base.cli import build_options, simple_command
 from base.errors import UserInputError
 from base.run_folder import CONFIG_FILE, checkpoint_file
+from training import blockwise
 from training.config import TrainingConfig
-from training.engines import ENGINES, PRECISIONS, has_native_bfloat16, predictor
-from training.images import IMAGE_SUFFIXES, list_images
+from training.engines import ENGINES, PRECISIONS, activation_bytes_per_voxel, has_native_bfloat16, predictor
+from training.images import IMAGE_SUFFIXES, declared_shape, list_images
+from training.lazy import is_zarr, open_lazy
 from training.task import Task
 from training.tasks import get_task
 from training.upgrade import current_config
+from zoo import model_geometry
 from zoo.pretrained import resolve_run
 
 
@@ -56,18 +62,34 @@ class PredictOptions(BaseModel):
     engine: Literal[ENGINES] = Field(  # type: ignore[valid-type]
         "keras", description="keras, or onnx: the model converted as for a package and run by onnxruntime"
     )
-    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
-        "float32",
+    precision: Literal[("auto", *PRECISIONS)] = Field(  # type: ignore[valid-type]
+        "auto",
         description="what the keras engine computes in: bfloat16 is faster on CPUs with native bfloat16 "
-        "(AVX512-BF16 or AMX); its effect on quality is in docs/benchmarks.md",
+        "(AVX512-BF16 or AMX); auto: bfloat16 where TensorFlow runs it natively, else float32 (its effect "
+        "on quality is in docs/benchmarks.md)",
     )
+    memory_limit: float | None = Field(
+        None,
+        gt=0,
+        description="GiB of memory the prediction may use in all (the program itself, about 0.8 GiB with "
+        "TensorFlow, included); tile and block sizes follow from it (default: a quarter of this machine's "
+        "memory, 1 to 8 GiB)",
+    )
+    blockwise: bool = Field(
+        False,
+        description="predict block by block into OME-Zarr even an image that fits in memory (zarr inputs "
+        "and images bigger than the memory limit always are)",
+    )
+    resume: bool = Field(False, description="continue a killed blockwise prediction from the blocks it wrote")
 
 
 def _inputs(paths: list[Path]) -> list[Path]:
     files = []
     for path in paths:
-        if path.is_dir():
-            found = list_images(path)
+        if is_zarr(path):
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(list_images(path) + [p for p in path.iterdir() if is_zarr(p)])
             if not found:
                 raise UserInputError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
             files += found
@@ -107,17 +129,52 @@ def _refuse_shared_output_names(files: list[Path], task: Task) -> None:
         raise UserInputError("\n".join(clashes))
 
 
+def auto_precision(engine: str) -> str:
+    """bfloat16 where it is faster: the keras engine on TensorFlow, on a CPU with native bfloat16."""
+    native = engine == "keras" and keras.backend.backend() == "tensorflow" and has_native_bfloat16()
+    return "bfloat16" if native else "float32"
+
+
+def default_memory_limit() -> float:
+    """A quarter of this machine's memory, between 1 and 8 GiB."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return min(max(total / 4, 1.0), 8.0)
+
+
+def _resident_bytes() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def stem_of(path: Path) -> str:
+    """An input's name without its image suffixes (`a.ome.zarr` -> `a`; a TIFF keeps `Path.stem`)."""
+    if is_zarr(path):
+        name = path.name.removesuffix(".zarr").removesuffix(".ZARR")
+        return name.removesuffix(".ome")
+    return path.stem
+
+
 def predict_files(options: PredictOptions) -> list[str]:
     """Predict every input; return one problem line per input that could not be processed."""
-    if options.precision != "float32" and options.engine != "keras":
+    if options.precision not in ("float32", "auto") and options.engine != "keras":
         raise UserInputError(
             f"--precision {options.precision} needs --engine keras (onnxruntime computes in float32)"
         )
+    precision = auto_precision(options.engine) if options.precision == "auto" else options.precision
     run_dir = resolve_run(options.run_dir)
     task, config, model = load_run(run_dir, options.checkpoint)
+    limit = (options.memory_limit or default_memory_limit()) * 2**30
+    budget = int(max(limit - _resident_bytes(), 2**28))
+    call_voxels = int(budget / 2 / activation_bytes_per_voxel(model, precision))
     updates = {
         key: getattr(options, key) for key in ("tile_size", "tta") if getattr(options, key) is not None
     }
+    if options.tile_size is None and hasattr(config, "tile_size"):
+        # As large as the memory budget allows: fewer tiles, less context computed twice.
+        side = int(call_voxels ** (1 / (config.ndim if getattr(config, "ndim", None) == 3 else 2)))
+        updates["tile_size"] = min(max(config.tile_size, side // 64 * 64), 4096)
     unknown = [key for key in updates if key not in task.options.model_fields]
     if unknown:
         raise UserInputError(f"--{unknown[0].replace('_', '-')} does not apply to {task.name} runs")
@@ -126,19 +183,76 @@ def predict_files(options: PredictOptions) -> list[str]:
     files = _inputs(options.inputs)
     _refuse_shared_output_names(files, task)
     options.out.mkdir(parents=True, exist_ok=True)
-    runner = predictor(model, options.engine, options.precision)
+    runner = predictor(model, options.engine, precision)
     problems = []
     for path in files:
-        names = task.output_names(path.stem)
-        existing = [options.out / name for name in names if (options.out / name).exists()]
-        if existing and not options.overwrite:
-            problems.append(f"{existing[0]}: exists already (use --overwrite to replace it)")
-            continue
         try:
+            if options.blockwise or is_zarr(path) or _in_memory_bytes(path) > budget / 4:
+                _predict_blockwise(path, options, task, config, run_dir, model, runner, budget, precision)
+                continue
+            names = task.output_names(path.stem)
+            existing = [options.out / name for name in names if (options.out / name).exists()]
+            if existing and not options.overwrite:
+                problems.append(f"{existing[0]}: exists already (use --overwrite to replace it)")
+                continue
             task.predict_file(path, options.out, run_dir=run_dir, config=config, model=model, runner=runner)
         except UserInputError as error:
             problems.append(str(error))
     return problems
+
+
+def _in_memory_bytes(path: Path) -> int:
+    """What the in-memory path holds of an image: about six float32 copies of its pixels."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return 0
+    return 6 * 4 * math.prod(declared_shape(path))
+
+
+def _predict_blockwise(
+    path: Path, options: PredictOptions, task: Task, config, run_dir: Path, model, runner, budget: int,
+    precision: str,
+) -> None:  # fmt: skip
+    ndim = getattr(config, "ndim", None) or 2
+    image = open_lazy(path, axes=getattr(config, "axes", None) if ndim == 3 else None)
+    if len(image.shape) != ndim:
+        raise UserInputError(
+            f"{path}: a {len(image.shape)}D image ({image.axes}) for a {ndim}D network; blockwise prediction "
+            "takes images of the network's dimensions"
+        )
+    if image.channels != model.inputs[0].shape[-1]:
+        raise UserInputError(
+            f"{path}: {image.channels} channels ({image.axes}), the network takes {model.inputs[0].shape[-1]}"
+        )
+    geometry = model_geometry(model)
+    spec = task.blockwise(run_dir, config)
+    sizes = blockwise.choose_sizes(
+        image.shape,
+        memory_bytes=budget,
+        model_bytes_per_voxel=activation_bytes_per_voxel(model, precision),
+        channels=image.channels,
+        outputs=3 if spec.labels is not None else image.channels,
+        geometry=geometry,
+    )
+    if options.tile_size is not None:
+        sizes = replace(sizes, tile=(*sizes.tile[:-2], options.tile_size, options.tile_size))
+    checkpoint = checkpoint_file(run_dir, options.checkpoint or task.results_checkpoint)
+    settings = {
+        "run": str(run_dir.resolve()),
+        "checkpoint": [str(checkpoint), checkpoint.stat().st_mtime_ns],
+        "engine": options.engine,
+        "precision": precision,
+        "tta": spec.tta,
+    }
+    blockwise.Blockwise(
+        image=image,
+        spec=spec,
+        predict=runner,
+        geometry=geometry,
+        sizes=sizes,
+        out_dir=options.out,
+        stem=stem_of(path),
+        names=task.output_names(stem_of(path)),
+    ).run(settings=settings, resume=options.resume, overwrite=options.overwrite)
 
 
 def predict(options: PredictOptions) -> None:

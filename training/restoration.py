@@ -170,3 +170,19 @@ def write_restored(path: Path, image: np.ndarray) -> None:
         write_tiff_atomic(path, np.moveaxis(image, -1, 0), imagej=True, metadata={"axes": "CYX"})
     else:
         write_tiff_atomic(path, np.moveaxis(image, -1, 1), imagej=True, metadata={"axes": "ZCYX"})
+
+
+def blockwise_spec(run_dir: Path, config, output: str):
+    """The `training.blockwise.BlockwiseSpec` of a restoration run: the training statistics in, the
+    outputs scaled back, written as `output`."""
+    from training.blockwise import BlockwiseSpec
+
+    stats = read_normalization(run_dir)
+    offset = np.array(stats["mean"], dtype=np.float64)
+    divisor = np.array(stats["std"]) + processing.EPS
+    return BlockwiseSpec(
+        output=output,
+        normalization=lambda image: (offset, divisor),
+        unscale=lambda result: denormalize(result, target_stats(stats)),
+        tta=bool(config.tta),
+    )

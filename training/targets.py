@@ -40,6 +40,31 @@ def instance_to_classes(
     return classes
 
 
+def instances_and_seeds(
+    probabilities: np.ndarray,
+    *,
+    interior_threshold: float = 0.5,
+    foreground_threshold: float = 0.5,
+    min_size: int = 15,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`classes_to_instances` before its labels are renumbered: the instances, each labelled as the seed it
+    grew from, and the seeds (face-connected components of the interior), both int32."""
+    interior = probabilities[..., 1]
+    foreground = (1.0 - probabilities[..., 0]) > foreground_threshold
+    seeds = connected_components(interior > interior_threshold, connectivity=1)
+    mask = foreground | (seeds > 0)
+    instances = watershed(-interior, markers=seeds, mask=mask)
+    if min_size > 0:
+        # Judge a seed by the object it grows into, not by its own size: with a wide boundary class the
+        # interior of a small nucleus is only a few pixels. Pixels of dropped objects go to neighbours.
+        too_small = np.bincount(instances.ravel(), minlength=int(seeds.max()) + 1) < min_size
+        too_small[0] = False
+        seeds[too_small[seeds]] = 0
+        instances = watershed(-interior, markers=seeds, mask=mask)
+        instances = remove_small_objects(instances, max_size=min_size - 1)
+    return instances, seeds
+
+
 def classes_to_instances(
     probabilities: np.ndarray,
     *,
@@ -55,17 +80,10 @@ def classes_to_instances(
     foreground_threshold`, so the boundary pixels go to the nearest seed. Objects smaller than `min_size`
     pixels (voxels in 3D) are removed and the labels renumbered 1..N.
     """
-    interior = probabilities[..., 1]
-    foreground = (1.0 - probabilities[..., 0]) > foreground_threshold
-    seeds = connected_components(interior > interior_threshold, connectivity=1)
-    mask = foreground | (seeds > 0)
-    instances = watershed(-interior, markers=seeds, mask=mask)
-    if min_size > 0:
-        # Judge a seed by the object it grows into, not by its own size: with a wide boundary class the
-        # interior of a small nucleus is only a few pixels. Pixels of dropped objects go to neighbours.
-        too_small = np.bincount(instances.ravel(), minlength=int(seeds.max()) + 1) < min_size
-        too_small[0] = False
-        seeds[too_small[seeds]] = 0
-        instances = watershed(-interior, markers=seeds, mask=mask)
-        instances = remove_small_objects(instances, max_size=min_size - 1)
+    instances, _ = instances_and_seeds(
+        probabilities,
+        interior_threshold=interior_threshold,
+        foreground_threshold=foreground_threshold,
+        min_size=min_size,
+    )
     return relabel_sequential(instances.astype(np.uint32))[0]

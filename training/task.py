@@ -16,13 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import keras
 import numpy as np
 
 from export.declaration import Declaration
 from training.config import TrainingConfig
+
+if TYPE_CHECKING:
+    from training.blockwise import BlockwiseSpec
 
 # The options of the zoo's U-Net builders that every task has: each fixes the shapes of the weights.
 NETWORK_OPTIONS = ("model", "depth", "base_filters", "kernel_size", "batch_norm")
@@ -119,6 +122,11 @@ class Task:
         self, path: Path, out_dir: Path, *, run_dir: Path, config: TrainingConfig, model: keras.Model, runner
     ) -> None:
         """Predict one input file into `out_dir` (atomically); a bad file raises `UserInputError`."""
+        raise NotImplementedError
+
+    def blockwise(self, run_dir: Path, config: TrainingConfig) -> BlockwiseSpec:
+        """How `training.blockwise` predicts an image too big to hold: its normalisation, what is written and
+        whether labels follow."""
         raise NotImplementedError
 
 

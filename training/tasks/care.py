@@ -324,3 +324,6 @@ class CareTask(Task):
         target = out_dir / self.output_names(path.stem)[0]
         restoration.restore_file(path, target, run_dir=run_dir, config=config, model=model, runner=runner)
         print(f"{path.name}: restored -> {target}")
+
+    def blockwise(self, run_dir: Path, config):
+        return restoration.blockwise_spec(run_dir, config, "restored")

@@ -416,3 +416,6 @@ class DenoiseTask(Task):
         target = out_dir / self.output_names(path.stem)[0]
         restoration.restore_file(path, target, run_dir=run_dir, config=config, model=model, runner=runner)
         print(f"{path.name}: denoised -> {target}")
+
+    def blockwise(self, run_dir: Path, config):
+        return restoration.blockwise_spec(run_dir, config, "denoised")

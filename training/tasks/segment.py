@@ -452,3 +452,17 @@ class SegmentTask(Task):
             **({"metadata": {"axes": "ZYX"}} if config.ndim == 3 and label_dtype == np.uint16 else {}),
         )
         print(f"{path.name}: {int(instances.max())} objects -> {targets[1]}")
+
+    def blockwise(self, run_dir: Path, config: SegmentConfig):
+        from training.blockwise import BlockwiseSpec, exact_percentiles
+
+        def normalization(image) -> tuple[np.ndarray, np.ndarray]:
+            lower, upper = exact_percentiles(image, [config.percentile_low, config.percentile_high])
+            return lower, upper - lower + 1e-6  # as training.images.percentile_normalize
+
+        labels = {
+            "interior_threshold": config.interior_threshold,
+            "foreground_threshold": config.foreground_threshold,
+            "min_size": config.min_object_size,
+        }
+        return BlockwiseSpec(output="probabilities", normalization=normalization, labels=labels)

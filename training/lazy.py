@@ -1,0 +1,213 @@
+"""Images read lazily, a window at a time: OME-Zarr and plain zarr arrays, and TIFF files (BigTIFF, tiled or
+striped, OME-TIFF with its pyramid levels, ImageJ hyperstacks) through tifffile's zarr store.
+
+Nothing is read when an image is opened: `open_lazy` checks what the metadata declares (axes, size, chunk
+size, and for a TIFF that the declared pixel data lies inside the file) and `LazyImage.read` returns one
+window as (*spatial, C), the layout the rest of `training` uses. Memory then depends on the window, never on
+the file: a crafted header that declares an absurd size is refused before anything is read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import zarr
+
+from base.errors import UserInputError
+from training.images import _MICROMETRES, _axes_problem, _reading, image_axes, pixel_sizes
+
+ZARR_SUFFIX = ".zarr"
+# What a lazy image may declare: a tera-voxel (far beyond any slide or light-sheet volume) and chunks that a
+# reader decodes whole of at most 1 GiB.
+MAX_LAZY_VOXELS = 2**40
+MAX_CHUNK_BYTES = 2**30
+
+
+def is_zarr(path: Path) -> bool:
+    """A zarr store on disk: a folder named *.zarr or holding zarr metadata (v2 or v3)."""
+    return path.is_dir() and (
+        path.suffix.lower() == ZARR_SUFFIX
+        or any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
+    )
+
+
+@dataclass
+class LazyImage:
+    """An image on disk read window by window. `axes` name the stored array's axes (letters of TCZYX);
+    `spatial` are its spatial axes in the order (Z,) Y, X."""
+
+    path: Path
+    array: zarr.Array
+    axes: str
+    pixel_sizes: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def spatial(self) -> str:
+        return "".join(a for a in "ZYX" if a in self.axes)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial shape, (Z,) Y, X."""
+        return tuple(self.array.shape[self.axes.index(a)] for a in self.spatial)
+
+    @property
+    def channels(self) -> int:
+        return self.array.shape[self.axes.index("C")] if "C" in self.axes else 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    def read(self, window: tuple[slice, ...]) -> np.ndarray:
+        """The window (one slice per spatial axis, with explicit starts and stops) as (*spatial, C), in
+        the stored dtype."""
+        spans = dict(zip(self.spatial, window, strict=True))
+        index = tuple(spans.get(a, slice(None) if a == "C" else 0) for a in self.axes)
+        with _reading(self.path):
+            block = np.asarray(self.array[index])
+        kept = [a for a in self.axes if a in spans or a == "C"]
+        order = [kept.index(a) for a in self.spatial] + ([kept.index("C")] if "C" in kept else [])
+        block = np.transpose(block, order)
+        return block if "C" in kept else block[..., np.newaxis]
+
+
+def open_lazy(path: Path, *, axes: str | None = None, level: int = 0) -> LazyImage:
+    """Open an OME-Zarr, zarr or TIFF image for window reads; `axes` (letters of TCZYX) override the
+    metadata's; `level` picks a pyramid level (0: full resolution)."""
+    with _reading(path):
+        if is_zarr(path):
+            image = _open_zarr(path, axes, level)
+        elif path.suffix.lower() in (".tif", ".tiff"):
+            image = _open_tiff(path, axes, level)
+        else:
+            raise UserInputError(f"{path}: not a TIFF or zarr image, which are read lazily")
+    _check_declared(image)
+    return image
+
+
+def _checked_axes(path: Path, axes: str | None, ndim: int, source: str) -> str:
+    letters = (axes or "").upper().replace("S", "C")
+    if axes is None or _axes_problem(letters) or len(letters) != ndim:
+        raise UserInputError(
+            f"{path}: axes {axes or 'unknown'} ({source}) do not name the {ndim} axes of the array; pass "
+            "--axes, e.g. YX, CYX or ZYX"
+        )
+    return letters
+
+
+def _open_tiff(path: Path, axes: str | None, level: int) -> LazyImage:
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        if level >= len(series.levels):
+            raise UserInputError(f"{path}: --level {level}, the file has {len(series.levels)} levels")
+        _check_tiff_extents(path, series.levels[level])
+        ndim = len(series.levels[level].shape)
+    found = axes or image_axes(path)
+    letters = _checked_axes(path, found, ndim, "--axes" if axes else "TIFF metadata")
+    store = tifffile.imread(path, aszarr=True, series=0, level=level)
+    return LazyImage(path, zarr.open_array(store, mode="r"), letters, pixel_sizes(path))
+
+
+def _check_tiff_extents(path: Path, series: tifffile.TiffPageSeries) -> None:
+    """Refuse a TIFF whose pages point their pixel data past the end of the file."""
+    size = path.stat().st_size
+    for page in series.pages:
+        if page is None:
+            continue
+        ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False) if c]
+        if ends and max(ends) > size:
+            raise UserInputError(
+                f"{path}: declares pixel data up to byte {max(ends)}, the file has {size} bytes (truncated "
+                "or corrupt)"
+            )
+        chunk = math.prod(page.chunks) * np.dtype(page.dtype).itemsize if page.dtype else 0
+        if chunk > MAX_CHUNK_BYTES:
+            raise UserInputError(
+                f"{path}: declares tiles or strips of {chunk / 2**30:.1f} GiB each, more than the "
+                f"{MAX_CHUNK_BYTES / 2**30:.0f} GiB a reader decodes at once"
+            )
+
+
+def _ome_multiscales(attributes: dict) -> dict | None:
+    found = attributes.get("ome", attributes).get("multiscales")  # NGFF 0.5 nests it under "ome"
+    return found[0] if isinstance(found, list) and found and isinstance(found[0], dict) else None
+
+
+def _open_zarr(path: Path, axes: str | None, level: int) -> LazyImage:
+    node = zarr.open(store=str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        found = axes or {2: "YX"}.get(node.ndim)
+        return LazyImage(path, node, _checked_axes(path, found, node.ndim, "--axes" if axes else "assumed"))
+    multiscales = _ome_multiscales(dict(node.attrs))
+    if multiscales is None:
+        raise UserInputError(f"{path}: a zarr group without OME-Zarr multiscales metadata; give an array")
+    datasets = multiscales.get("datasets", [])
+    if level >= len(datasets):
+        raise UserInputError(f"{path}: --level {level}, the image has {len(datasets)} levels")
+    array = node[datasets[level]["path"]]
+    names = [a["name"] if isinstance(a, dict) else a for a in multiscales.get("axes", [])]
+    found = axes or "".join(str(n).upper() for n in names)
+    letters = _checked_axes(path, found, array.ndim, "--axes" if axes else "OME-Zarr axes")
+    return LazyImage(path, array, letters, _ngff_pixel_sizes(multiscales, datasets[level], letters))
+
+
+def _ngff_pixel_sizes(multiscales: dict, dataset: dict, letters: str) -> dict[str, float]:
+    scale = [1.0] * len(letters)
+    for transforms in (dataset.get("coordinateTransformations", []),
+                       multiscales.get("coordinateTransformations", [])):  # fmt: skip
+        for transform in transforms:
+            if transform.get("type") == "scale" and len(transform.get("scale", [])) == len(letters):
+                scale = [a * float(b) for a, b in zip(scale, transform["scale"], strict=True)]
+    sizes = {}
+    for letter, value, axis in zip(letters, scale, multiscales.get("axes", []), strict=False):
+        unit = axis.get("unit") if isinstance(axis, dict) else None
+        factor = _MICROMETRES.get(str(unit).lower()) if unit else None
+        if letter in "ZYX" and factor is not None and value > 0:
+            sizes[letter.lower()] = value * factor
+    return sizes
+
+
+def _check_declared(image: LazyImage) -> None:
+    if "T" in image.axes and image.array.shape[image.axes.index("T")] > 1:
+        raise UserInputError(f"{image.path}: a time series (T > 1, axes {image.axes}); give one time point")
+    extra = [a for a in image.axes if a not in "CZYX" and image.array.shape[image.axes.index(a)] > 1]
+    if extra:
+        raise UserInputError(f"{image.path}: axis {extra[0]} longer than 1 (axes {image.axes})")
+    voxels = math.prod(image.array.shape)
+    if voxels > MAX_LAZY_VOXELS or voxels == 0:
+        shape = " x ".join(map(str, image.array.shape))
+        raise UserInputError(f"{image.path}: declares a {shape} array ({image.axes}), not a readable size")
+    chunk = math.prod(image.array.chunks) * image.dtype.itemsize
+    if chunk > MAX_CHUNK_BYTES:
+        raise UserInputError(
+            f"{image.path}: chunks of {chunk / 2**30:.1f} GiB, more than the "
+            f"{MAX_CHUNK_BYTES / 2**30:.0f} GiB a reader decodes at once"
+        )
+
+
+def ngff_attributes(axes: str, pixel_sizes: dict[str, float], *, name: str, levels: int = 1) -> dict:
+    """OME-Zarr (NGFF 0.4) multiscales metadata of an image of `axes` (letters of CZYX) whose level k is
+    downsampled by 2**k along y and x, with the input's pixel sizes in micrometres."""
+    axis_entries = []
+    for letter in axes:
+        entry = {"name": letter.lower(), "type": "channel" if letter == "C" else "space"}
+        if letter != "C" and letter.lower() in pixel_sizes:
+            entry["unit"] = "micrometer"
+        axis_entries.append(entry)
+    datasets = []
+    for k in range(levels):
+        scale = [
+            1.0 if a == "C" else pixel_sizes.get(a.lower(), 1.0) * (2**k if a in "YX" else 1) for a in axes
+        ]
+        datasets.append({"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    return {"multiscales": [{"version": "0.4", "name": name, "axes": axis_entries, "datasets": datasets}]}
+
+
+def describe(image: LazyImage) -> str:
+    shape = " x ".join(map(str, image.array.shape))
+    return json.dumps({"axes": image.axes, "shape": shape, "dtype": str(image.dtype)})
