@@ -123,7 +123,18 @@ def test_denoising_the_training_image_reproduces_the_output_of_the_training_run(
     # Tiled prediction is designed to equal whole-image prediction within 1e-4 of the output's range;
     # tiles of 32 pixels (raised to 8 aligned halos, fewer than the mirrored image) do split it.
     assert (
-        main([str(denoise_run), str(training_image), "--out", str(tmp_path / "tiled"), "--tile-size", "32"])
+        main(
+            [
+                str(denoise_run),
+                str(training_image),
+                "--out",
+                str(tmp_path / "tiled"),
+                "--tile-size",
+                "32",
+                "--precision",
+                "float32",
+            ]
+        )
         == 0
     )
     tiled = tifffile.imread(tmp_path / "tiled" / "noisy_denoised.tif")
@@ -532,6 +543,8 @@ def test_onnx_engine_gives_the_keras_denoising_with_tta(
             "--engine",
             engine,
             "--tta",
+            "--precision",
+            "float32",
         ]
         assert main(argv) == 0
     for name in ("plain", "stack", "wide"):

@@ -46,7 +46,7 @@ def test_a_new_run_records_the_current_schema(finished_run):
 
 def test_export_refuses_an_older_run_folder_and_says_how_to_upgrade_it(finished_run, tmp_path, capsys):
     run = _copy_with_schema(finished_run, tmp_path, None)
-    assert export_main([str(run), "--out", str(tmp_path / "p.zip"), "--precision", "float32"]) == 2
+    assert export_main([str(run), "--out", str(tmp_path / "p.zip")]) == 2
     (error,) = _errors(capsys)
     assert "schema 1" in error and f"python -m training.upgrade {run}" in error
     assert not (tmp_path / "p.zip").exists()
@@ -95,7 +95,7 @@ def test_a_newer_run_folder_is_refused_by_every_command(
             [str(run), str(tiny_segment_data / "images"), "--out", str(tmp_path / "o")]
         ),
         "resume": lambda: segment_main(["--resume", str(run), "--epochs", "3"]),
-        "export": lambda: export_main([str(run), "--out", str(tmp_path / "p.zip"), "--precision", "float32"]),
+        "export": lambda: export_main([str(run), "--out", str(tmp_path / "p.zip")]),
     }[command]
     assert argv() == 2
     (error,) = _errors(capsys)

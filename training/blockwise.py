@@ -50,8 +50,8 @@ OUTPUT_SUFFIX = ".ome.zarr"
 PROGRESS_FILE = "progress.json"
 # Pixels of context around a block for the watershed of its labels: more than a large nucleus is wide.
 LABEL_CONTEXT = 96
-# Pixels read at once while computing percentiles: 64 Mi values (256 MiB in float32).
-SCAN_VOXELS = 2**26
+# Pixels read at once while computing percentiles: 4 Mi values (about 100 MB with their bin numbers).
+SCAN_VOXELS = 2**22
 HISTOGRAM_BINS = 2**16
 # The output's chunk side along y and x; blocks are whole numbers of chunks.
 CHUNK = 512
