@@ -35,13 +35,16 @@ def main() -> int:
     parser.add_argument("--side", type=int, default=2048)
     parser.add_argument("--tile-sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
+    parser.add_argument(
+        "--defaults", action="store_true", help="only float32 with tiles of 512 and the command's defaults"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
     from worker_common import large_image
 
     from training.engines import predictor
-    from training.predict import load_run
+    from training.predict import auto_precision, default_tile_size, load_run, memory_budget
     from training.restoration import read_normalization, restore_image
 
     _, config, model = load_run(args.run_dir, "last")
@@ -50,24 +53,31 @@ def main() -> int:
     big = large_image(image, args.side)[..., np.newaxis]
 
     rows = []
-    for engine, precision in COMBINATIONS:
+    # The defaults of `python -m training.predict`: the precision and tile size chosen for this machine.
+    precision = auto_precision("keras")
+    default = ("keras", precision, default_tile_size(model, precision, config, memory_budget(None)))
+    combinations = [(e, p, t) for e, p in COMBINATIONS for t in args.tile_sizes]
+    if args.defaults:
+        combinations = [("keras", "float32", 512), default]
+    for engine, precision, tile in combinations:
         runner = predictor(model, engine, precision)
-        for tile in args.tile_sizes:
 
-            def once(tile: int = tile, runner=runner) -> tuple[float, np.ndarray]:
-                start = time.perf_counter()
-                output = restore_image(model, big, stats=stats, tile_size=tile, tta=config.tta, runner=runner)
-                return time.perf_counter() - start, output
+        def once(tile: int = tile, runner=runner) -> tuple[float, np.ndarray]:
+            start = time.perf_counter()
+            output = restore_image(model, big, stats=stats, tile_size=tile, tta=config.tta, runner=runner)
+            return time.perf_counter() - start, output
 
-            _, output = once()  # warm-up
-            seconds = statistics.median(once()[0] for _ in range(3))
-            rows.append({"engine": engine, "precision": precision, "tile_size": tile, "seconds": seconds})
-            rows[-1]["output"] = output
+        _, output = once()  # warm-up
+        seconds = statistics.median(once()[0] for _ in range(3))
+        rows.append({"engine": engine, "precision": precision, "tile_size": tile, "seconds": seconds})
+        rows[-1]["default"] = (engine, precision, tile) == default
+        rows[-1]["output"] = output
     for row in rows:
         reference = next(
             r["output"]
             for r in rows
-            if (r["engine"], r["precision"], r["tile_size"]) == ("keras", "float32", row["tile_size"])
+            if (r["engine"], r["precision"]) == ("keras", "float32")
+            and r["tile_size"] in (row["tile_size"], 512)
         )
         span = float(reference.max() - reference.min())
         row["max_difference_of_range"] = float(np.abs(row["output"] - reference).max()) / span

@@ -141,6 +141,22 @@ def default_memory_limit() -> float:
     return min(max(total / 4, 1.0), 8.0)
 
 
+def memory_budget(limit_gib: float | None) -> int:
+    """Bytes prediction may add to what this process holds now, under a limit of `limit_gib` in all
+    (None: `default_memory_limit`); at least 256 MiB."""
+    limit = (limit_gib or default_memory_limit()) * 2**30
+    return int(max(limit - _resident_bytes(), 2**28))
+
+
+def default_tile_size(model: keras.Model, precision: str, config, budget: int) -> int:
+    """The tile side of in-memory prediction: as large as one call within `blockwise.CALL_SHARE` of the
+    memory budget allows (fewer tiles, less context computed twice), a multiple of 64 from the run's own
+    tile size up to 4096."""
+    call_voxels = blockwise.CALL_SHARE * budget / activation_bytes_per_voxel(model, precision)
+    side = int(call_voxels ** (1 / (3 if getattr(config, "ndim", None) == 3 else 2)))
+    return min(max(config.tile_size, side // 64 * 64), 4096)
+
+
 def _resident_bytes() -> int:
     try:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -165,16 +181,12 @@ def predict_files(options: PredictOptions) -> list[str]:
     precision = auto_precision(options.engine) if options.precision == "auto" else options.precision
     run_dir = resolve_run(options.run_dir)
     task, config, model = load_run(run_dir, options.checkpoint)
-    limit = (options.memory_limit or default_memory_limit()) * 2**30
-    budget = int(max(limit - _resident_bytes(), 2**28))
-    call_voxels = int(budget / 2 / activation_bytes_per_voxel(model, precision))
+    budget = memory_budget(options.memory_limit)
     updates = {
         key: getattr(options, key) for key in ("tile_size", "tta") if getattr(options, key) is not None
     }
     if options.tile_size is None and hasattr(config, "tile_size"):
-        # As large as the memory budget allows: fewer tiles, less context computed twice.
-        side = int(call_voxels ** (1 / (config.ndim if getattr(config, "ndim", None) == 3 else 2)))
-        updates["tile_size"] = min(max(config.tile_size, side // 64 * 64), 4096)
+        updates["tile_size"] = default_tile_size(model, precision, config, budget)
     unknown = [key for key in updates if key not in task.options.model_fields]
     if unknown:
         raise UserInputError(f"--{unknown[0].replace('_', '-')} does not apply to {task.name} runs")
