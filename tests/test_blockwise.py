@@ -269,3 +269,35 @@ def test_bfloat16_segmentation_stays_close_to_float32(tmp_path):
     assert 0 < np.abs(full - reduced).max() < 0.1
     labels = [tifffile.imread(tmp_path / p / "cells_labels.tif") for p in ("float32", "bfloat16")]
     assert evaluate_instances([tuple(labels)])["f1_at_0.5"] >= 0.98
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_blockwise_prediction_then_resume_gives_the_uninterrupted_output(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tifffile.imwrite(tmp_path / "cells.tif", _nuclei((1100, 1100), seed=7))
+    command = [sys.executable, "-m", "training.predict", "nuclei", str(tmp_path / "cells.tif"), "--blockwise"]
+    command += ["--memory-limit", "1", "--tile-size", "512"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    assert subprocess.run([*command, "--out", str(tmp_path / "whole")], env=env, check=False).returncode == 0
+    out = tmp_path / "killed"
+    process = subprocess.Popen([*command, "--out", str(out)], env=env)
+    record = out / ".cells.blockwise" / "progress.json"
+    while process.poll() is None:
+        try:
+            if len(json.loads(record.read_text())["done"].get("output", [])) >= 2:
+                process.send_signal(signal.SIGKILL)
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    assert process.wait() == -signal.SIGKILL, "the prediction ended before it could be killed"
+    assert not list(out.glob("*.ome.zarr"))
+    assert subprocess.run([*command, "--out", str(out), "--resume"], env=env, check=False).returncode == 0
+    for name in ("cells_probabilities.ome.zarr", "cells_labels.ome.zarr"):
+        np.testing.assert_array_equal(_zarr(out / name), _zarr(tmp_path / "whole" / name))

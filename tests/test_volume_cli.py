@@ -182,3 +182,35 @@ def test_struct_axis_2_needs_a_volume(tmp_path: Path, capsys) -> None:
     argv = ["--struct-axis", "2", "--struct-span", "1", "--out-dir", str(tmp_path)]
     assert training.denoise.main(argv) == 2
     assert any("struct_axis 2" in line for line in _errors(capsys))
+
+
+def test_a_volume_predicted_block_by_block_equals_the_volume_predicted_whole(
+    volume_run: Path, volumes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zarr
+
+    import training.blockwise
+
+    choose = training.blockwise.choose_sizes
+
+    def small(*args, **kwargs):  # blocks of 16 x 16 x 16: 27 of them
+        sizes = choose(*args, **kwargs)
+        return training.blockwise.Sizes((16, 16, 16), (16, 16, 16), sizes.tile, sizes.call_voxels)
+
+    monkeypatch.setattr(training.blockwise, "choose_sizes", small)
+    image = sorted((volumes / "images").iterdir())[0]
+    flags = ["--precision", "float32", "--tile-size", "48"]
+    assert training.predict.main([str(volume_run), str(image), "--out", str(tmp_path / "whole"), *flags]) == 0
+    command = [str(volume_run), str(image), "--out", str(tmp_path / "blocks"), "--blockwise", *flags]
+    assert training.predict.main(command) == 0
+    whole = tifffile.imread(tmp_path / "whole" / f"{image.stem}_probabilities.tif")  # ZCYX
+    group = zarr.open_group(str(tmp_path / "blocks" / f"{image.stem}_probabilities.ome.zarr"), mode="r")
+    blocks = np.moveaxis(np.asarray(group["0"]), 0, 1)  # CZYX -> ZCYX
+    assert [a["name"] for a in group.attrs["multiscales"][0]["axes"]] == ["c", "z", "y", "x"]
+    np.testing.assert_allclose(blocks, whole, rtol=0, atol=2e-5)
+    labels = np.asarray(
+        zarr.open_group(str(tmp_path / "blocks" / f"{image.stem}_labels.ome.zarr"), mode="r")["0"]
+    )
+    reference = tifffile.imread(tmp_path / "whole" / f"{image.stem}_labels.tif")
+    pairs = np.unique(np.stack([reference.ravel().astype(np.int64), labels.ravel().astype(np.int64)]), axis=1)
+    assert len(pairs[0]) == len(np.unique(pairs[0])) == len(np.unique(pairs[1]))  # the same objects
