@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import training.blockwise as blockwise
+import training.lazy
 from base.errors import UserInputError
 from training.images import channel_percentiles
 from training.lazy import MAX_LAZY_VOXELS, ngff_attributes, open_lazy
@@ -89,7 +90,7 @@ def test_absurd_declared_sizes_are_refused_before_reading(tmp_path):
 def test_percentiles_of_a_file_read_in_pieces_equal_those_of_the_image_in_memory(
     tmp_path, monkeypatch, dtype
 ):
-    monkeypatch.setattr(blockwise, "SCAN_VOXELS", 5000)  # many pieces
+    monkeypatch.setattr(training.lazy, "PIECE_VOXELS", 50)  # many pieces
     rng = np.random.default_rng(2)
     array = (rng.gamma(2.0, 30.0, (2, 123, 97)) * (1 if dtype == np.float32 else 10)).astype(dtype)
     image = open_lazy(_ome_zarr(tmp_path / "p.ome.zarr", array, "CYX", {}))

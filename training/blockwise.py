@@ -42,7 +42,7 @@ import zarr
 from base.errors import UserInputError
 from training.files import atomic_target
 from training.images import interpolate_ranks, rank_positions
-from training.lazy import LazyImage, ngff_attributes
+from training.lazy import LazyImage, LazyView, ngff_attributes
 from training.targets import instances_and_seeds
 from training.tiling import per_axis, tiled_predict
 from zoo import Geometry
@@ -51,8 +51,6 @@ OUTPUT_SUFFIX = ".ome.zarr"
 PROGRESS_FILE = "progress.json"
 # Pixels of context around a block for the watershed of its labels: more than a large nucleus is wide.
 LABEL_CONTEXT = 96
-# Pixels read at once while computing percentiles: 4 Mi values (about 100 MB with their bin numbers).
-SCAN_VOXELS = 2**22
 HISTOGRAM_BINS = 2**16
 # The output's chunk side along y and x; blocks are whole numbers of chunks.
 CHUNK = 512
@@ -80,14 +78,8 @@ class BlockwiseSpec:
 
 
 def _scan(image: LazyImage) -> Iterator[np.ndarray]:
-    """The image's pixels as (N, C) float32 pieces, in slabs along its first spatial axis."""
-    rows = max(1, SCAN_VOXELS // max(1, math.prod(image.shape[1:]) * image.channels))
-    for start in range(0, image.shape[0], rows):
-        window = (
-            slice(start, min(start + rows, image.shape[0])),
-            *tuple(slice(0, n) for n in image.shape[1:]),
-        )
-        yield image.read(window).reshape(-1, image.channels).astype(np.float32)
+    """The image's pixels as (N, C) float32 pieces (`training.lazy.PIECE_VOXELS` at a time)."""
+    return LazyView(image).pieces()
 
 
 def exact_percentiles(image: LazyImage, percentiles: list[float]) -> list[np.ndarray]:

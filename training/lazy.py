@@ -9,8 +9,8 @@ the file: a crafted header that declares an absurd size is refused before anythi
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +22,15 @@ from base.errors import UserInputError
 from training.images import _MICROMETRES, _axes_problem, _reading, image_axes, pixel_sizes
 
 ZARR_SUFFIX = ".zarr"
+# OME-Zarr units (UDUNITS names) in micrometres, beyond those of `training.images`.
+_UNITS = {**_MICROMETRES, "nanometer": 1e-3, "millimeter": 1e3, "meter": 1e6, "angstrom": 1e-4}
 # What a lazy image may declare: a tera-voxel (far beyond any slide or light-sheet volume) and chunks that a
 # reader decodes whole of at most 1 GiB.
 MAX_LAZY_VOXELS = 2**40
 MAX_CHUNK_BYTES = 2**30
+# Pixels a `LazyView` reads at once: a window larger than this stays a view; pieces of a scan.
+MAX_VIEW_READ = 2**24
+PIECE_VOXELS = 2**22
 
 
 def is_zarr(path: Path) -> bool:
@@ -34,6 +39,15 @@ def is_zarr(path: Path) -> bool:
         path.suffix.lower() == ZARR_SUFFIX
         or any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
     )
+
+
+def image_stem(path: Path) -> str:
+    """An input's name without its image suffixes: `a.ome.zarr` -> `a`; a TIFF keeps `Path.stem`, as the
+    in-memory path names its outputs."""
+    if is_zarr(path):
+        name = path.name.removesuffix(".zarr").removesuffix(".ZARR")
+        return name.removesuffix(".ome")
+    return path.stem
 
 
 @dataclass
@@ -166,7 +180,7 @@ def _ngff_pixel_sizes(multiscales: dict, dataset: dict, letters: str) -> dict[st
     sizes = {}
     for letter, value, axis in zip(letters, scale, multiscales.get("axes", []), strict=False):
         unit = axis.get("unit") if isinstance(axis, dict) else None
-        factor = _MICROMETRES.get(str(unit).lower()) if unit else None
+        factor = _UNITS.get(str(unit).lower()) if unit else None
         if letter in "ZYX" and factor is not None and value > 0:
             sizes[letter.lower()] = value * factor
     return sizes
@@ -208,6 +222,73 @@ def ngff_attributes(axes: str, pixel_sizes: dict[str, float], *, name: str, leve
     return {"multiscales": [{"version": "0.4", "name": name, "axes": axis_entries, "datasets": datasets}]}
 
 
-def describe(image: LazyImage) -> str:
-    shape = " x ".join(map(str, image.array.shape))
-    return json.dumps({"axes": image.axes, "shape": shape, "dtype": str(image.dtype)})
+class LazyView:
+    """A read-only (*spatial, C) float32 view of a `LazyImage`, for what indexes images like arrays
+    (`training.pipeline`'s patches): `shape`, `ndim`, and `view[window]` reading only the window. A view may
+    be a box of the image (`view[..., :-rows, :, :]` holds rows out) and normalised per channel,
+    `(pixels - offset) / divisor` as `training.restoration.normalize` computes it."""
+
+    def __init__(self, image: LazyImage, box: tuple[slice, ...] | None = None, scale=None):
+        self.image = image
+        self.box = box or tuple(slice(0, n) for n in image.shape)
+        self.scale = scale  # (offset, divisor) per channel, or None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*(s.stop - s.start for s in self.box), self.image.channels)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.box) + 1
+
+    dtype = np.dtype(np.float32)
+
+    def _spatial(self, key) -> tuple[slice, ...]:
+        key = key if isinstance(key, tuple) else (key,)
+        if Ellipsis in key:
+            at = key.index(Ellipsis)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        if not all(isinstance(k, slice) and k.step in (None, 1) for k in key) or key[-1] != slice(None):
+            raise TypeError(f"a lazy image takes windows of whole channels, not {key}")
+        return tuple(slice(*k.indices(n)[:2]) for k, n in zip(key, self.shape, strict=True))
+
+    def window(self, key) -> LazyView:
+        """A sub-view (a box in this view's coordinates), read later."""
+        spans = self._spatial(key)[:-1]
+        box = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(self.box, spans, strict=True))
+        return LazyView(self.image, box, self.scale)
+
+    def __getitem__(self, key) -> np.ndarray | LazyView:
+        spans = self._spatial(key)[:-1]
+        area = math.prod(s.stop - s.start for s in spans)
+        if area > MAX_VIEW_READ:  # a box too big to read: stays lazy
+            return self.window(key)
+        box = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(self.box, spans, strict=True))
+        pixels = self.image.read(box).astype(np.float32)
+        if self.scale is None:
+            return pixels
+        offset, divisor = self.scale
+        return ((pixels - offset) / divisor).astype(np.float32)
+
+    def normalized(self, offset: np.ndarray, divisor: np.ndarray) -> LazyView:
+        return LazyView(self.image, self.box, (np.asarray(offset), np.asarray(divisor)))
+
+    def pieces(self) -> Iterator[np.ndarray]:
+        """The view's pixels as (N, C) float32 pieces, in slabs along its first spatial axis."""
+        rest = self.box[1:]
+        rows = max(1, PIECE_VOXELS // max(1, math.prod(s.stop - s.start for s in rest)))
+        first = self.box[0]
+        for start in range(first.start, first.stop, rows):
+            box = (slice(start, min(start + rows, first.stop)), *rest)
+            yield self.image.read(box).reshape(-1, self.image.channels).astype(np.float32)
+
+    def center_crop(self, side: int) -> np.ndarray:
+        """At most `side` pixels along each axis (a volume: at most 32 slices) from the middle, in memory."""
+        sides = [
+            min(n, 32 if self.ndim == 4 and axis == 0 else side) for axis, n in enumerate(self.shape[:-1])
+        ]
+        key = tuple(
+            slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(self.shape[:-1], sides, strict=True)
+        )
+        return self[key]

@@ -3,6 +3,7 @@ with optional clean references, the embedded demos, and the split into training 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +11,16 @@ import numpy as np
 import tifffile
 
 from base.errors import UserInputError
-from training.images import list_images, read_image_slices, read_volume
+from training.images import MAX_IMAGE_BYTES, declared_shape, list_images, read_image_slices, read_volume
+from training.lazy import LazyView, image_stem, is_zarr, open_lazy
 from training.volumes import thin_volumes
+
+
+def _constant(image: np.ndarray | LazyView) -> bool:
+    if isinstance(image, LazyView):
+        first = next(image.pieces())[0]
+        return all(np.all(piece == first) for piece in image.pieces())
+    return bool(np.all(image == image.reshape(-1, image.shape[-1])[0]))
 
 
 @dataclass
@@ -20,14 +29,16 @@ class NoisyImage:
     reference if any."""
 
     name: str
-    noisy: np.ndarray
+    noisy: np.ndarray | LazyView  # a view for an image read patch by patch (`read_lazily`)
     clean: np.ndarray | None = None
     where: str = ""  # the file (and slice) it came from, for messages
 
 
 def _files(path: Path) -> list[Path]:
+    if is_zarr(path):
+        return [path]
     if path.is_dir():
-        files = list_images(path)
+        files = sorted(list_images(path) + [p for p in path.iterdir() if is_zarr(p)])
         if not files:
             raise UserInputError(f"{path}: no images (.tif, .tiff, .png) in this folder")
         return files
@@ -42,7 +53,16 @@ def load_noisy_images(
     """Read every noisy image and its clean reference; all problems at once. `ndim` 2 reads 3D stacks as
     2D slices; 3 reads each file as one volume (its axes from `axes` or the file's metadata)."""
 
-    def read(path: Path) -> list[np.ndarray]:
+    def read(path: Path) -> list[np.ndarray | LazyView]:
+        if read_lazily(path):
+            view = LazyView(open_lazy(path, axes=axes if ndim == 3 else None))
+            if view.ndim - 1 != ndim:
+                raise UserInputError(
+                    f"{path}: a {view.ndim - 1}D image ({view.image.axes}) read lazily, for a {ndim}D "
+                    "network; "
+                    "give a large stack as a volume (--ndim 3)"
+                )
+            return [view]
         if ndim == 3:
             return [read_volume(path, axes=axes).data]
         return read_image_slices(path, channel_axis=channel_axis)
@@ -53,6 +73,11 @@ def load_noisy_images(
         try:
             slices = read(path)
             references: list[np.ndarray | None] = [None] * len(slices)
+            if clean is not None and isinstance(slices[0], LazyView):
+                raise UserInputError(
+                    f"{path}: read lazily (too big to hold), so it cannot be scored against "
+                    "a clean reference; leave out --clean"
+                )
             if clean is not None:
                 reference = clean_files.get(path.stem) or (
                     clean_files.popitem()[1] if clean.is_file() else None
@@ -67,7 +92,7 @@ def load_noisy_images(
             continue
         for index, (noisy, reference) in enumerate(zip(slices, references, strict=True)):
             if len(slices) == 1:
-                images.append(NoisyImage(path.stem, noisy, reference, str(path)))
+                images.append(NoisyImage(image_stem(path), noisy, reference, str(path)))
             else:
                 images.append(
                     NoisyImage(f"{path.stem}_z{index:04d}", noisy, reference, f"{path} (slice {index})")
@@ -111,6 +136,16 @@ def embedded_demo_volume(out_dir: Path, *, sigma: float, seed: int) -> tuple[Pat
     return out_dir / "noisy.tif", out_dir / "clean.tif"
 
 
+def read_lazily(path: Path) -> bool:
+    """Whether a training image is read patch by patch: a zarr image, or a TIFF whose pixels would take more
+    than `training.images.MAX_IMAGE_BYTES` in float32."""
+    if is_zarr(path):
+        return True
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    return 4 * math.prod(declared_shape(path)) > MAX_IMAGE_BYTES
+
+
 def split_images(
     images: list[NoisyImage], *, val_fraction: float, patch_size: int, seed: int
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -149,7 +184,7 @@ def check_sizes(images: list[NoisyImage], patch_size: int, *, patch_depth: int |
             )
         if patch_depth is not None:
             problems += thin_volumes({image.where or image.name: image.noisy.shape}, patch_depth=patch_depth)
-        if np.all(image.noisy == image.noisy.reshape(-1, image.noisy.shape[-1])[0]):
+        if _constant(image.noisy):
             problems.append(f"{image.where or image.name}: image is constant; there is nothing to denoise")
     if problems:
         raise UserInputError("\n".join(problems))

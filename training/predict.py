@@ -29,7 +29,7 @@ from training import blockwise
 from training.config import TrainingConfig
 from training.engines import ENGINES, PRECISIONS, activation_bytes_per_voxel, has_native_bfloat16, predictor
 from training.images import IMAGE_SUFFIXES, declared_shape, list_images
-from training.lazy import is_zarr, open_lazy
+from training.lazy import image_stem, is_zarr, open_lazy
 from training.task import Task
 from training.tasks import get_task
 from training.upgrade import current_config
@@ -164,14 +164,6 @@ def _resident_bytes() -> int:
         return 0
 
 
-def stem_of(path: Path) -> str:
-    """An input's name without its image suffixes (`a.ome.zarr` -> `a`; a TIFF keeps `Path.stem`)."""
-    if is_zarr(path):
-        name = path.name.removesuffix(".zarr").removesuffix(".ZARR")
-        return name.removesuffix(".ome")
-    return path.stem
-
-
 def predict_files(options: PredictOptions) -> list[str]:
     """Predict every input; return one problem line per input that could not be processed."""
     if options.precision not in ("float32", "auto") and options.engine != "keras":
@@ -262,8 +254,8 @@ def _predict_blockwise(
         geometry=geometry,
         sizes=sizes,
         out_dir=options.out,
-        stem=stem_of(path),
-        names=task.output_names(stem_of(path)),
+        stem=image_stem(path),
+        names=task.output_names(image_stem(path)),
     ).run(settings=settings, resume=options.resume, overwrite=options.overwrite)
 
 

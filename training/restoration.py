@@ -20,14 +20,28 @@ from base.run_folder import NORMALIZATION_FILE, read_record
 from export import processing
 from export.declaration import Operation
 from training.images import read_image_slices, read_volume, write_tiff_atomic
+from training.lazy import LazyView
 from training.tiling import Predictor, predict_tta, predict_with_geometry
 from zoo import model_geometry
 
 
-def normalization_stats(images: list[np.ndarray]) -> dict[str, list[float]]:
-    """Mean and standard deviation per channel over all pixels of `images` ((Y, X, C) each)."""
-    pixels = np.concatenate([im.reshape(-1, im.shape[-1]) for im in images]).astype(np.float64)
-    return {"mean": pixels.mean(axis=0).tolist(), "std": pixels.std(axis=0).tolist()}
+def normalization_stats(images: list[np.ndarray | LazyView]) -> dict[str, list[float]]:
+    """Mean and standard deviation per channel over all pixels of `images` ((Y, X, C) each). Images read
+    lazily are summed piece by piece (each piece's mean and squared deviations, combined exactly)."""
+    if not any(isinstance(im, LazyView) for im in images):
+        pixels = np.concatenate([im.reshape(-1, im.shape[-1]) for im in images]).astype(np.float64)
+        return {"mean": pixels.mean(axis=0).tolist(), "std": pixels.std(axis=0).tolist()}
+    count, mean, squares = 0, 0.0, 0.0
+    for image in images:
+        pieces = image.pieces() if isinstance(image, LazyView) else [image.reshape(-1, image.shape[-1])]
+        for piece in pieces:
+            piece = piece.astype(np.float64)
+            n, piece_mean = len(piece), piece.mean(axis=0)
+            delta = piece_mean - mean
+            squares = squares + ((piece - piece_mean) ** 2).sum(axis=0) + delta**2 * count * n / (count + n)
+            mean = mean + delta * n / (count + n)
+            count += n
+    return {"mean": np.asarray(mean).tolist(), "std": np.sqrt(squares / count).tolist()}
 
 
 def read_normalization(run_dir: Path) -> dict:
@@ -39,8 +53,10 @@ def target_stats(stats: dict) -> dict:
     return stats.get("target", stats)
 
 
-def normalize(image: np.ndarray, stats: dict) -> np.ndarray:
+def normalize(image: np.ndarray | LazyView, stats: dict) -> np.ndarray | LazyView:
     scale = np.array(stats["std"]) + processing.EPS
+    if isinstance(image, LazyView):
+        return image.normalized(np.array(stats["mean"]), scale)
     return ((image - np.array(stats["mean"])) / scale).astype(np.float32)
 
 
@@ -186,3 +202,37 @@ def blockwise_spec(run_dir: Path, config, output: str):
         unscale=lambda result: denormalize(result, target_stats(stats)),
         tta=bool(config.tta),
     )
+
+
+def restore_lazily(
+    view: LazyView,
+    out_dir: Path,
+    name: str,
+    *,
+    run_dir: Path,
+    config,
+    model: keras.Model,
+    runner,
+    output: str,
+) -> Path:
+    """Restore an image too big to hold (`training.lazy.LazyView`, unnormalised) block by block into
+    `out_dir/NAME.ome.zarr`, as `python -m training.predict` does, with the default memory limit."""
+    from training import blockwise
+    from training.engines import activation_bytes_per_voxel
+    from training.predict import memory_budget
+
+    spec = blockwise_spec(run_dir, config, output)
+    geometry = model_geometry(model)
+    sizes = blockwise.choose_sizes(
+        view.image.shape,
+        memory_bytes=memory_budget(None),
+        model_bytes_per_voxel=activation_bytes_per_voxel(model),
+        channels=view.image.channels,
+        outputs=view.image.channels,
+        geometry=geometry,
+    )
+    job = blockwise.Blockwise(
+        image=view.image, spec=spec, predict=runner or model, geometry=geometry, sizes=sizes,
+        out_dir=out_dir, stem=name, names=[f"{name}.tif"],
+    )  # fmt: skip
+    return job.run(settings={"run": str(run_dir)}, resume=False, overwrite=True)[0]

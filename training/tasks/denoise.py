@@ -24,6 +24,7 @@ from training import restoration
 from training.callbacks import PeriodicCheckpoint, adam
 from training.config import RestorationOptions, TrainingConfig, UNetOptions, VolumeOptions
 from training.files import write_json
+from training.lazy import LazyView
 from training.masking import MaskedLoss, blind_spot_mask
 from training.noisy_images import (
     NoisyImage,
@@ -322,6 +323,13 @@ class DenoiseTask(Task):
         out_dir.mkdir(exist_ok=True)
         results = []
         for image in data.images:
+            if isinstance(image.noisy, LazyView):  # too big to hold: block by block, into OME-Zarr
+                target = restoration.restore_lazily(
+                    image.noisy, out_dir, image.name, run_dir=run_dir, config=config, model=model,
+                    runner=runner, output="denoised",
+                )  # fmt: skip
+                results.append({"name": image.name, "output": str(target)})
+                continue
             denoised = restoration.restore_image(
                 model,
                 image.noisy,
@@ -344,7 +352,8 @@ class DenoiseTask(Task):
         return [f"denoised with {metrics['checkpoint']}:", *restoration.quality_lines(metrics["images"])]
 
     def sample(self, data: NoisyData) -> np.ndarray:
-        return data.images[0].noisy
+        noisy = data.images[0].noisy
+        return noisy.center_crop(512) if isinstance(noisy, LazyView) else noisy
 
     def declare(self, run_dir: Path, config: DenoiseConfig) -> Declaration:
         stats = restoration.read_normalization(run_dir)
