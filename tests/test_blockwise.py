@@ -302,3 +302,60 @@ def test_sigkill_during_a_blockwise_prediction_then_resume_gives_the_uninterrupt
     assert subprocess.run([*command, "--out", str(out), "--resume"], env=env, check=False).returncode == 0
     for name in ("cells_probabilities.ome.zarr", "cells_labels.ome.zarr"):
         np.testing.assert_array_equal(_zarr(out / name), _zarr(tmp_path / "whole" / name))
+
+
+# === Training from images read lazily ===
+
+
+def test_n2v_trains_on_an_ome_zarr_read_patch_by_patch_as_on_the_image_in_memory(
+    tmp_path, monkeypatch, small_blocks
+):
+    import csv
+
+    import training.noisy_images
+    from training import denoise
+
+    noisy = np.random.default_rng(8).normal(100, 20, (200, 240)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "noisy.tif", noisy)
+    _ome_zarr(tmp_path / "noisy.ome.zarr", noisy, "YX", {})
+    reads = []
+    monkeypatch.setattr(training.lazy.LazyImage, "read", _counting(training.lazy.LazyImage.read, reads))
+    monkeypatch.setattr(training.lazy, "PIECE_VOXELS", 2000)  # statistics in pieces
+    monkeypatch.setattr(training.lazy, "MAX_VIEW_READ", 2000)  # the held-out rows stay a view
+    flags = (
+        "--epochs 2 --steps-per-epoch 3 --batch-size 4 --patch-size 32 --base-filters 4 --depth 2 "
+        "--val-patches 4 --warmup-epochs 0 --no-export"
+    ).split()
+    for name in ("noisy.tif", "noisy.ome.zarr"):
+        argv = [
+            "--data",
+            str(tmp_path / name),
+            "--out-dir",
+            str(tmp_path / "runs"),
+            "--run-name",
+            name,
+            *flags,
+        ]
+        assert denoise.main(argv) == 0
+    # Patches, pieces and blocks; the whole image once, as the package's sample (a crop of at most 512).
+    assert reads.count(32 * 32) >= 2 * 3 * 4 and reads.count(noisy.size) == 1
+    histories = [
+        list(csv.DictReader((tmp_path / "runs" / name / "history.csv").open()))
+        for name in ("noisy.tif", "noisy.ome.zarr")
+    ]
+    for memory, lazy in zip(*histories, strict=True):
+        for key in ("loss", "val_loss"):
+            assert float(lazy[key]) == pytest.approx(float(memory[key]), rel=1e-5)
+    assert (tmp_path / "runs" / "noisy.ome.zarr" / "denoised" / "noisy.ome.zarr").is_dir()
+    # A TIFF too big to hold goes the same way.
+    monkeypatch.setattr(training.noisy_images, "MAX_IMAGE_BYTES", 1000)
+    assert training.noisy_images.read_lazily(tmp_path / "noisy.tif")
+
+
+def _counting(read, sizes: list[int]):
+    def counted(self, window):
+        block = read(self, window)
+        sizes.append(block.size)
+        return block
+
+    return counted

@@ -261,11 +261,13 @@ class LazyView:
 
     def __getitem__(self, key) -> np.ndarray | LazyView:
         spans = self._spatial(key)[:-1]
-        area = math.prod(s.stop - s.start for s in spans)
-        if area > MAX_VIEW_READ:  # a box too big to read: stays lazy
+        if math.prod(s.stop - s.start for s in spans) > MAX_VIEW_READ:  # too big to read: stays lazy
             return self.window(key)
-        box = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(self.box, spans, strict=True))
-        pixels = self.image.read(box).astype(np.float32)
+        return self.window(key).load()
+
+    def load(self) -> np.ndarray:
+        """The whole view, read, as a float32 (*spatial, C) array."""
+        pixels = self.image.read(self.box).astype(np.float32)
         if self.scale is None:
             return pixels
         offset, divisor = self.scale
@@ -291,4 +293,4 @@ class LazyView:
         key = tuple(
             slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(self.shape[:-1], sides, strict=True)
         )
-        return self[key]
+        return self.window(key).load()

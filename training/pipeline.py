@@ -33,6 +33,8 @@ def pad_to_at_least(array: np.ndarray, size: Size) -> np.ndarray:
     pads = [max(s - length, 0) for s, length in zip(sizes, array.shape[:-1], strict=True)]
     if not any(pads):
         return array
+    if not isinstance(array, np.ndarray):  # read lazily (`training.lazy.LazyView`), thinner than a patch
+        array = array.load()
     return np.pad(array, [(pad // 2, pad - pad // 2) for pad in pads] + [(0, 0)], mode="symmetric")
 
 
