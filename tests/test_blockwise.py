@@ -359,3 +359,23 @@ def _counting(read, sizes: list[int]):
         return block
 
     return counted
+
+
+def test_blockwise_outputs_as_bigtiff_under_the_in_memory_names(tmp_path, small_blocks):
+    from training.images import pixel_sizes
+
+    _ome_zarr(tmp_path / "cells.ome.zarr", _nuclei((200, 260), seed=9), "YX", {"y": 0.3, "x": 0.3})
+    flags = ["--precision", "float32", "--tile-size", "256"]
+    assert main(["nuclei", str(tmp_path / "cells.ome.zarr"), "--out", str(tmp_path / "zarr"), *flags]) == 0
+    command = ["nuclei", str(tmp_path / "cells.ome.zarr"), "--out", str(tmp_path / "tiff"), *flags]
+    assert main([*command, "--output-format", "tiff"]) == 0
+    for name, axes in (("cells_probabilities", "CYX"), ("cells_labels", "YX")):
+        path = tmp_path / "tiff" / f"{name}.tif"
+        with tifffile.TiffFile(path) as tif:
+            assert (tif.is_bigtiff, tif.is_ome, tif.series[0].axes) == (True, True, axes)
+        np.testing.assert_array_equal(tifffile.imread(path), _zarr(tmp_path / "zarr" / f"{name}.ome.zarr"))
+        assert pixel_sizes(path) == pytest.approx({"y": 0.3, "x": 0.3})
+    assert sorted(p.name for p in (tmp_path / "tiff").iterdir()) == [
+        "cells_labels.tif",
+        "cells_probabilities.tif",
+    ]

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import zarr
 
 from base.errors import UserInputError
@@ -326,9 +327,12 @@ class Blockwise:
     names: list[str]  # the task's output file names (TIFF), for their OME-Zarr counterparts
     batch_size: int = 4
     quiet: bool = False
+    tiff: bool = False  # outputs as (Big)TIFF, under the in-memory path's names, instead of OME-Zarr
 
     def run(self, *, settings: dict, resume: bool, overwrite: bool) -> list[Path]:
         targets = output_paths(self.out_dir, self.names)
+        if self.tiff:
+            targets = [self.out_dir / name for name in self.names]
         existing = [t for t in targets if t.exists()]
         if existing and not overwrite:
             raise UserInputError(f"{existing[0]}: exists already (use --overwrite to replace it)")
@@ -350,6 +354,9 @@ class Blockwise:
         if self.spec.labels is not None:
             self._label_pass(folder, progress)
         for name, target in zip(self._stages(), targets, strict=True):
+            if self.tiff:
+                write_bigtiff(folder / name, target, self.image.pixel_sizes)
+                continue
             if target.exists():
                 shutil.rmtree(target)
             (folder / name).rename(target)
@@ -476,6 +483,34 @@ class Blockwise:
                 progress.mark("labels", number)
                 release_memory()
                 bar.update(1)
+
+
+def write_bigtiff(source: Path, target: Path, pixel_sizes: dict[str, float], tile: int = 512) -> None:
+    """Copy an OME-Zarr image written here to an OME-TIFF (BigTIFF, tiles of `tile`), one tile in memory at a
+    time, with its axes and pixel sizes; atomically."""
+    group = zarr.open_group(str(source), mode="r")
+    array = group["0"]
+    axes = "".join(a["name"] for a in group.attrs["multiscales"][0]["axes"]).upper()
+    leading = array.shape[:-2]
+
+    def tiles() -> Iterator[np.ndarray]:
+        for index in itertools.product(*(range(n) for n in leading)):
+            for y in range(0, array.shape[-2], tile):
+                for x in range(0, array.shape[-1], tile):
+                    block = np.asarray(array[(*index, slice(y, y + tile), slice(x, x + tile))])
+                    padded = np.zeros((tile, tile), array.dtype)
+                    padded[: block.shape[0], : block.shape[1]] = block
+                    yield padded
+
+    metadata: dict = {"axes": axes}
+    for axis in "ZYX":
+        if axis.lower() in pixel_sizes and axis in axes:
+            metadata[f"PhysicalSize{axis}"] = pixel_sizes[axis.lower()]
+    with atomic_target(target, suffix=".tmp") as tmp:
+        tifffile.imwrite(
+            tmp, tiles(), shape=array.shape, dtype=array.dtype, tile=(tile, tile), bigtiff=True, ome=True,
+            metadata=metadata,
+        )  # fmt: skip
 
 
 def block_labels(

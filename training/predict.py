@@ -81,6 +81,11 @@ class PredictOptions(BaseModel):
         "and images bigger than the memory limit always are)",
     )
     resume: bool = Field(False, description="continue a killed blockwise prediction from the blocks it wrote")
+    output_format: Literal["ome-zarr", "tiff"] = Field(
+        "ome-zarr",
+        description="what a blockwise prediction writes: OME-Zarr, or OME-TIFF (BigTIFF, tiled) under the "
+        "names of the in-memory outputs",
+    )
 
 
 def _inputs(paths: list[Path]) -> list[Path]:
@@ -256,6 +261,7 @@ def _predict_blockwise(
         out_dir=options.out,
         stem=image_stem(path),
         names=task.output_names(image_stem(path)),
+        tiff=options.output_format == "tiff",
     ).run(settings=settings, resume=options.resume, overwrite=options.overwrite)
 
 
