@@ -379,3 +379,19 @@ def test_blockwise_outputs_as_bigtiff_under_the_in_memory_names(tmp_path, small_
         "cells_labels.tif",
         "cells_probabilities.tif",
     ]
+
+
+def test_which_tiffs_go_blockwise_by_themselves(tmp_path):
+    from types import SimpleNamespace
+
+    from training.predict import _too_big_to_hold
+
+    tifffile.imwrite(tmp_path / "plane.tif", np.zeros((300, 400), np.uint8))
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((20, 300, 400), np.uint8))
+    flat, volume = SimpleNamespace(ndim=None), SimpleNamespace(ndim=3)
+    budget = 6 * 4 * 300 * 400  # its float32 copies need more than 60 % of this
+    assert _too_big_to_hold(tmp_path / "plane.tif", budget, flat)
+    assert not _too_big_to_hold(tmp_path / "plane.tif", 10 * budget, flat)
+    # A stack for a 2D network is predicted slice by slice, in memory; for a 3D network it is one volume.
+    assert not _too_big_to_hold(tmp_path / "stack.tif", budget, flat)
+    assert _too_big_to_hold(tmp_path / "stack.tif", 10 * budget, volume)

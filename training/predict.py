@@ -28,7 +28,7 @@ from base.run_folder import CONFIG_FILE, checkpoint_file
 from training import blockwise
 from training.config import TrainingConfig
 from training.engines import ENGINES, PRECISIONS, activation_bytes_per_voxel, has_native_bfloat16, predictor
-from training.images import IMAGE_SUFFIXES, declared_shape, list_images
+from training.images import IMAGE_SUFFIXES, MAX_CHANNELS, MAX_IMAGE_BYTES, declared_shape, list_images
 from training.lazy import image_stem, is_zarr, open_lazy
 from training.task import Task
 from training.tasks import get_task
@@ -196,7 +196,7 @@ def predict_files(options: PredictOptions) -> list[str]:
     problems = []
     for path in files:
         try:
-            if options.blockwise or is_zarr(path) or _in_memory_bytes(path) > budget / 4:
+            if options.blockwise or is_zarr(path) or _too_big_to_hold(path, budget, config):
                 _predict_blockwise(path, options, task, config, run_dir, model, runner, budget, precision)
                 continue
             names = task.output_names(path.stem)
@@ -210,11 +210,19 @@ def predict_files(options: PredictOptions) -> list[str]:
     return problems
 
 
-def _in_memory_bytes(path: Path) -> int:
-    """What the in-memory path holds of an image: about six float32 copies of its pixels."""
+def _too_big_to_hold(path: Path, budget: int, config) -> bool:
+    """Whether a TIFF goes blockwise by itself: the in-memory reader refuses it (over
+    `training.images.MAX_IMAGE_BYTES` in float32), or its float32 copies (about six) would not fit 60 % of
+    the memory budget. A stack given to a 2D network (predicted slice by slice) goes blockwise only in the
+    first case."""
     if path.suffix.lower() not in (".tif", ".tiff"):
-        return 0
-    return 6 * 4 * math.prod(declared_shape(path))
+        return False
+    shape = declared_shape(path)
+    pixels = math.prod(shape)
+    if 4 * pixels > MAX_IMAGE_BYTES:
+        return True
+    stack = (getattr(config, "ndim", None) or 2) == 2 and len(shape) >= 3 and min(shape) > MAX_CHANNELS
+    return not stack and 6 * 4 * pixels > 0.6 * budget
 
 
 def _predict_blockwise(
