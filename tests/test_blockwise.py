@@ -395,3 +395,55 @@ def test_which_tiffs_go_blockwise_by_themselves(tmp_path):
     # A stack for a 2D network is predicted slice by slice, in memory; for a 3D network it is one volume.
     assert not _too_big_to_hold(tmp_path / "stack.tif", budget, flat)
     assert _too_big_to_hold(tmp_path / "stack.tif", 10 * budget, volume)
+
+
+def test_segmentation_trains_on_ome_zarr_pairs_read_patch_by_patch_as_in_memory(tmp_path, tiny_segment_data):
+    import csv
+    import shutil
+
+    from tests.conftest import TINY_SEGMENT_FLAGS
+    from training import segment
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_segment_data, data)
+    for stem in ("synth_002", "synth_003"):  # the training pairs (index.csv), as OME-Zarr
+        for folder in ("images", "masks"):
+            tiff = next((data / folder).glob(f"{stem}.*"))
+            _ome_zarr(data / folder / f"{stem}.ome.zarr", tifffile.imread(tiff), "YX", {})
+            tiff.unlink()
+    for name, source in (("memory", tiny_segment_data), ("lazy", data)):
+        argv = [
+            "--data",
+            str(source),
+            *TINY_SEGMENT_FLAGS,
+            "--out-dir",
+            str(tmp_path / "runs"),
+            "--run-name",
+            name,
+        ]
+        assert segment.main(argv) == 0
+    histories = [
+        list(csv.DictReader((tmp_path / "runs" / n / "history.csv").open())) for n in ("memory", "lazy")
+    ]
+    for memory, lazy in zip(*histories, strict=True):
+        for key in ("loss", "val_loss"):
+            assert float(lazy[key]) == pytest.approx(float(memory[key]), rel=1e-5)
+
+
+def test_an_image_too_big_to_hold_may_only_train(tmp_path, tiny_segment_data, capsys):
+    import shutil
+
+    from tests.conftest import TINY_SEGMENT_FLAGS
+    from training import segment
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_segment_data, data)
+    for folder in ("images", "masks"):  # synth_001 is the validation pair
+        tiff = next((data / folder).glob("synth_001.*"))
+        _ome_zarr(data / folder / "synth_001.ome.zarr", tifffile.imread(tiff), "YX", {})
+        tiff.unlink()
+    argv = ["--data", str(data), *TINY_SEGMENT_FLAGS, "--out-dir", str(tmp_path / "runs")]
+    assert segment.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "synth_001.ome.zarr: too big to hold, so it can only train" in error
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())

@@ -28,13 +28,14 @@ from base.errors import UserInputError
 from base.run_folder import DATA_DIR, SPLIT_FILE, read_record
 from training.files import write_json
 from training.images import (
-    list_images,
+    NORMALIZE_EPS,
     percentile_normalize,
     read_image,
     read_mask,
     read_mask_volume,
     read_volume,
 )
+from training.lazy import LazyClasses, LazyView, image_stem, list_inputs, open_lazy, read_lazily
 from training.targets import instance_to_classes
 
 SPLITS = ("train", "val", "test")
@@ -117,8 +118,8 @@ def _pairs_in(folder: Path, layout: PairLayout) -> list[tuple[Path, Path]]:
             raise UserInputError(
                 f"{sub}: folder not found (expected {folder}/{layout.inputs} and {folder}/{layout.targets})"
             )
-    inputs = {p.stem: p for p in list_images(inputs_dir)}
-    targets = {p.stem: p for p in list_images(targets_dir)}
+    inputs = {image_stem(p): p for p in list_inputs(inputs_dir)}
+    targets = {image_stem(p): p for p in list_inputs(targets_dir)}
     problems = [
         f"{inputs[n]}: {layout.input_noun} has no {layout.target_noun} in {targets_dir}"
         for n in sorted(inputs.keys() - targets.keys())
@@ -178,13 +179,13 @@ def find_pairs(
         pairs = _pairs_in(data_dir, layout)
         if split_csv is not None:
             assignment = _read_split_csv(split_csv)
-            missing = [image.name for image, _ in pairs if image.stem not in assignment]
+            missing = [image.name for image, _ in pairs if image_stem(image) not in assignment]
             if missing:
                 raise UserInputError(
                     f"{split_csv}: no split given for {len(missing)} image(s), e.g. {missing[0]}"
                 )
             for pair in pairs:
-                split.pairs[assignment[pair[0].stem]].append(pair)
+                split.pairs[assignment[image_stem(pair[0])]].append(pair)
             split.source = str(split_csv)
         else:
             split.pairs = _random_split(
@@ -213,6 +214,35 @@ def _random_split(pairs, *, val_fraction: float, test_fraction: float, seed: int
     }
 
 
+def _lazy_sample(
+    image_path: Path, mask_path: Path, *, ndim: int, axes: str | None, percentiles, boundary_width: int,
+    anisotropy: float,
+) -> Sample:  # fmt: skip
+    """A training pair too big to hold, read patch by patch: the image normalised with its exact
+    percentiles, the classes computed per patch from the mask (`training.lazy.LazyClasses`)."""
+    from training.blockwise import exact_percentiles
+
+    image = open_lazy(image_path, axes=axes if ndim == 3 else None)
+    mask = open_lazy(mask_path, axes=axes.replace("C", "") if ndim == 3 and axes else None)
+    if len(image.shape) != ndim:
+        raise UserInputError(
+            f"{image_path}: a {len(image.shape)}D image ({image.axes}) for a {ndim}D network"
+        )
+    if mask.shape != image.shape or mask.channels != 1 or not np.issubdtype(mask.dtype, np.integer):
+        raise UserInputError(
+            f"{mask_path}: mask {mask.array.shape} {mask.dtype} ({mask.axes}) is not an integer label image "
+            f"of the image's shape {image.shape} ({image_path.name})"
+        )
+    lower, upper = exact_percentiles(image, list(percentiles))
+    sampling = (anisotropy, 1.0, 1.0) if ndim == 3 else None
+    return Sample(
+        name=image_path.stem,
+        image=LazyView(image).normalized(lower, upper - lower + NORMALIZE_EPS),  # as percentile_normalize
+        labels=None,
+        classes=LazyClasses(mask, boundary_width=boundary_width, sampling=sampling),
+    )
+
+
 def load_samples(
     pairs: list[tuple[Path, Path]],
     *,
@@ -231,6 +261,12 @@ def load_samples(
     samples, problems = [], []
     for image_path, mask_path in pairs:
         try:
+            if read_lazily(image_path):
+                samples.append(
+                    _lazy_sample(image_path, mask_path, ndim=ndim, axes=axes, percentiles=percentiles,
+                                 boundary_width=boundary_width, anisotropy=anisotropy)
+                )  # fmt: skip
+                continue
             if ndim == 3:
                 image = read_volume(image_path, axes=axes).data
                 labels = read_mask_volume(mask_path, axes=axes and axes.replace("C", ""))

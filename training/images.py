@@ -381,13 +381,19 @@ def channel_percentiles(image: np.ndarray, percentile: float) -> np.ndarray:
     return interpolate_ranks(ranked[first], ranked[second], fraction)
 
 
-def scale_to_range(image: np.ndarray, lower: np.ndarray, upper: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+# Added to the percentile range before dividing (`percentile_normalize`, bioimage.io's `scale_range`).
+NORMALIZE_EPS = 1e-6
+
+
+def scale_to_range(
+    image: np.ndarray, lower: np.ndarray, upper: np.ndarray, eps: float = NORMALIZE_EPS
+) -> np.ndarray:
     """(image - lower) / (upper - lower + eps) per channel, float32."""
     return ((image - lower) / (upper - lower + eps)).astype(np.float32)
 
 
 def percentile_normalize(
-    image: np.ndarray, low: float = 1.0, high: float = 99.8, eps: float = 1e-6
+    image: np.ndarray, low: float = 1.0, high: float = 99.8, eps: float = NORMALIZE_EPS
 ) -> np.ndarray:
     """Scale each channel of a (Y, X, C) image or a (Z, Y, X, C) volume so its `low` percentile (over all
     its pixels or voxels) maps to 0 and `high` to 1.

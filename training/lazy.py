@@ -9,6 +9,7 @@ the file: a crafted header that declares an absurd size is refused before anythi
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ import tifffile
 import zarr
 
 from base.errors import UserInputError
-from training.images import _MICROMETRES, _axes_problem, _reading, image_axes, pixel_sizes
+from training import images
+from training.images import _MICROMETRES, _axes_problem, _reading, declared_shape, image_axes, pixel_sizes
 
 ZARR_SUFFIX = ".zarr"
 # OME-Zarr units (UDUNITS names) in micrometres, beyond those of `training.images`.
@@ -41,6 +43,11 @@ def is_zarr(path: Path) -> bool:
     )
 
 
+def list_inputs(folder: Path) -> list[Path]:
+    """The images of a folder (`training.images.list_images`) and its zarr images, sorted by name."""
+    return sorted(images.list_images(folder) + [p for p in folder.iterdir() if is_zarr(p)])
+
+
 def image_stem(path: Path) -> str:
     """An input's name without its image suffixes: `a.ome.zarr` -> `a`; a TIFF keeps `Path.stem`, as the
     in-memory path names its outputs."""
@@ -48,6 +55,16 @@ def image_stem(path: Path) -> str:
         name = path.name.removesuffix(".zarr").removesuffix(".ZARR")
         return name.removesuffix(".ome")
     return path.stem
+
+
+def read_lazily(path: Path) -> bool:
+    """Whether a training image is read patch by patch: a zarr image, or a TIFF whose pixels would take more
+    than `training.images.MAX_IMAGE_BYTES` in float32 (what the in-memory reader accepts)."""
+    if is_zarr(path):
+        return True
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    return 4 * math.prod(declared_shape(path)) > images.MAX_IMAGE_BYTES
 
 
 @dataclass
@@ -256,8 +273,11 @@ class LazyView:
     def window(self, key) -> LazyView:
         """A sub-view (a box in this view's coordinates), read later."""
         spans = self._spatial(key)[:-1]
-        box = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(self.box, spans, strict=True))
-        return LazyView(self.image, box, self.scale)
+        view = copy.copy(self)
+        view.box = tuple(
+            slice(b.start + s.start, b.start + s.stop) for b, s in zip(self.box, spans, strict=True)
+        )
+        return view
 
     def __getitem__(self, key) -> np.ndarray | LazyView:
         spans = self._spatial(key)[:-1]
@@ -294,3 +314,34 @@ class LazyView:
             slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(self.shape[:-1], sides, strict=True)
         )
         return self.window(key).load()
+
+
+class LazyClasses(LazyView):
+    """The class map (`training.targets.instance_to_classes`) of an instance mask read lazily, as a
+    (*spatial, 1) uint8 view: each window is computed from the mask read with `margin` pixels around it
+    (more than the boundary is wide), which gives the classes of the whole mask."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, mask: LazyImage, *, boundary_width: int, sampling=None):
+        super().__init__(mask)
+        self.options = {"boundary_width": boundary_width, "sampling": sampling}
+        # A rim pixel is within `boundary_width` (in units of `sampling`) of the object's outside.
+        spacing = sampling or (1.0,) * len(mask.shape)
+        self.margins = [math.ceil(boundary_width / s) + 2 for s in spacing]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*(s.stop - s.start for s in self.box), 1)
+
+    def load(self) -> np.ndarray:
+        from training.targets import instance_to_classes
+
+        read = tuple(
+            slice(max(0, b.start - m), min(n, b.stop + m))
+            for b, m, n in zip(self.box, self.margins, self.image.shape, strict=True)
+        )
+        labels = self.image.read(read)[..., 0]
+        classes = instance_to_classes(labels, **self.options)
+        inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(self.box, read, strict=True))
+        return classes[inner][..., np.newaxis]

@@ -3,7 +3,6 @@ with optional clean references, the embedded demos, and the split into training 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +10,8 @@ import numpy as np
 import tifffile
 
 from base.errors import UserInputError
-from training.images import MAX_IMAGE_BYTES, declared_shape, list_images, read_image_slices, read_volume
-from training.lazy import LazyView, image_stem, is_zarr, open_lazy
+from training.images import read_image_slices, read_volume
+from training.lazy import LazyView, image_stem, is_zarr, list_inputs, open_lazy, read_lazily
 from training.volumes import thin_volumes
 
 
@@ -38,7 +37,7 @@ def _files(path: Path) -> list[Path]:
     if is_zarr(path):
         return [path]
     if path.is_dir():
-        files = sorted(list_images(path) + [p for p in path.iterdir() if is_zarr(p)])
+        files = list_inputs(path)
         if not files:
             raise UserInputError(f"{path}: no images (.tif, .tiff, .png) in this folder")
         return files
@@ -134,16 +133,6 @@ def embedded_demo_volume(out_dir: Path, *, sigma: float, seed: int) -> tuple[Pat
     tifffile.imwrite(out_dir / "noisy.tif", noisy, **options)
     tifffile.imwrite(out_dir / "clean.tif", clean, **options)
     return out_dir / "noisy.tif", out_dir / "clean.tif"
-
-
-def read_lazily(path: Path) -> bool:
-    """Whether a training image is read patch by patch: a zarr image, or a TIFF whose pixels would take more
-    than `training.images.MAX_IMAGE_BYTES` in float32."""
-    if is_zarr(path):
-        return True
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return False
-    return 4 * math.prod(declared_shape(path)) > MAX_IMAGE_BYTES
 
 
 def split_images(

@@ -28,8 +28,8 @@ from base.run_folder import CONFIG_FILE, checkpoint_file
 from training import blockwise
 from training.config import TrainingConfig
 from training.engines import ENGINES, PRECISIONS, activation_bytes_per_voxel, has_native_bfloat16, predictor
-from training.images import IMAGE_SUFFIXES, MAX_CHANNELS, MAX_IMAGE_BYTES, declared_shape, list_images
-from training.lazy import image_stem, is_zarr, open_lazy
+from training.images import IMAGE_SUFFIXES, MAX_CHANNELS, MAX_IMAGE_BYTES, declared_shape
+from training.lazy import image_stem, is_zarr, list_inputs, open_lazy
 from training.task import Task
 from training.tasks import get_task
 from training.upgrade import current_config
@@ -94,7 +94,7 @@ def _inputs(paths: list[Path]) -> list[Path]:
         if is_zarr(path):
             files.append(path)
         elif path.is_dir():
-            found = sorted(list_images(path) + [p for p in path.iterdir() if is_zarr(p)])
+            found = list_inputs(path)
             if not found:
                 raise UserInputError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
             files += found

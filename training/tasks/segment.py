@@ -138,6 +138,11 @@ class SegmentationData(TaskData):
     voxel_size: dict | None = None  # volumes: micrometres along z, y, x, where the files give them
 
 
+def _with_channel(classes):
+    """A class map as (*spatial, 1); a lazily read one (`training.lazy.LazyClasses`) already is."""
+    return classes[..., np.newaxis] if isinstance(classes, np.ndarray) else classes
+
+
 def _load_split(split: PairSplit, config: SegmentConfig, *, ndim: int, anisotropy: float):
     samples, problems = {}, []
     for name in SPLITS:
@@ -161,6 +166,13 @@ def _load_split(split: PairSplit, config: SegmentConfig, *, ndim: int, anisotrop
             for (path, _), sample in zip(split.pairs[name], samples[name], strict=True)
         }
         problems += thin_volumes(shapes, patch_depth=config.patch_depth)
+    for name in ("val", "test") if not problems else ():
+        for (path, _), sample in zip(split.pairs[name], samples[name], strict=True):
+            if not isinstance(sample.image, np.ndarray):
+                problems.append(
+                    f"{path}: too big to hold, so it can only train (read patch by patch); validation and "
+                    "test images must fit in memory (choose the split with --split-csv)"
+                )
     if problems:
         raise UserInputError("\n".join(problems))
     return samples
@@ -284,7 +296,7 @@ class SegmentTask(Task):
         train, val = data.samples["train"], data.samples["val"]
         train_data = training_batches(
             [s.image for s in train],
-            [s.classes[..., np.newaxis] for s in train],
+            [_with_channel(s.classes) for s in train],
             patch_size=config.patch_shape(),
             batch_size=config.batch_size,
             seed=config.seed,
@@ -455,10 +467,11 @@ class SegmentTask(Task):
 
     def blockwise(self, run_dir: Path, config: SegmentConfig):
         from training.blockwise import BlockwiseSpec, exact_percentiles
+        from training.images import NORMALIZE_EPS
 
         def normalization(image) -> tuple[np.ndarray, np.ndarray]:
             lower, upper = exact_percentiles(image, [config.percentile_low, config.percentile_high])
-            return lower, upper - lower + 1e-6  # as training.images.percentile_normalize
+            return lower, upper - lower + NORMALIZE_EPS  # as training.images.percentile_normalize
 
         labels = {
             "interior_threshold": config.interior_threshold,
