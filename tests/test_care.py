@@ -157,3 +157,33 @@ def test_care_learns_resumes_exactly_and_exports_a_checked_package(tmp_path):
     stats = json.loads((whole / "care" / NORMALIZATION_FILE).read_text())
     assert pre["fixed_zero_mean_unit_variance"]["kwargs"]["mean"] == pytest.approx(stats["mean"][0])
     assert post["scale_linear"]["kwargs"]["offset"] == pytest.approx(stats["target"]["mean"][0])
+
+
+def test_care_trains_on_ome_zarr_pairs_read_patch_by_patch_as_in_memory(tmp_path):
+    import csv
+
+    import zarr
+
+    from training.lazy import ngff_attributes
+
+    memory = _pairs(tmp_path / "memory", [f"im{i}" for i in range(4)], shape=(96, 80))
+    rows = ["name,split", "im0,train", "im1,train", "im2,val", "im3,test"]
+    (tmp_path / "split.csv").write_text("\n".join(rows) + "\n")
+    lazy = tmp_path / "lazy"
+    shutil.copytree(memory, lazy)
+    for name in ("im0", "im1"):  # the training pairs, as OME-Zarr
+        for sub in ("low", "high"):
+            tiff = next((lazy / sub).glob(f"{name}.*"))
+            group = zarr.open_group(str(lazy / sub / f"{name}.ome.zarr"), mode="w", zarr_format=2)
+            group.attrs.update(ngff_attributes("YX", {}, name=name))
+            group.create_array("0", data=tifffile.imread(tiff), chunks=(32, 32))
+            tiff.unlink()
+    for data in (memory, lazy):
+        argv = ["--data", str(data), "--split-csv", str(tmp_path / "split.csv"), *TINY_CARE_FLAGS]
+        assert main([*argv, "--out-dir", str(tmp_path / "runs"), "--run-name", data.name]) == 0
+    histories = [
+        list(csv.DictReader((tmp_path / "runs" / n / "history.csv").open())) for n in ("memory", "lazy")
+    ]
+    for in_memory, read_lazily in zip(*histories, strict=True):
+        for key in ("loss", "val_loss"):
+            assert float(read_lazily[key]) == pytest.approx(float(in_memory[key]), rel=1e-5)

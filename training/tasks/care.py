@@ -27,6 +27,7 @@ from training.config import PairSplitOptions, RestorationOptions, TrainingConfig
 from training.data import SPLITS, PairLayout, PairSplit, find_pairs, keep_split, recorded_split
 from training.files import write_json
 from training.images import read_image
+from training.lazy import LazyView, image_stem, open_lazy, read_lazily
 from training.pipeline import grid_patches, training_batches
 from training.task import NETWORK_OPTIONS, Task, TaskData, TrainingData, training_lines
 from zoo import build_model
@@ -121,14 +122,33 @@ def _layout(data_dir: Path) -> PairLayout:
     raise UserInputError(f"{data_dir}: expected {names} with image pairs matched by file name")
 
 
+def _lazy_pair(low_path: Path, high_path: Path, split: str) -> tuple[LazyView, LazyView]:
+    """A training pair too big to hold, read patch by patch (`training.lazy.LazyView`)."""
+    if split != "train":
+        raise UserInputError(
+            f"{low_path}: too big to hold, so it can only train (read patch by patch); validation and test "
+            "pairs must fit in memory (choose the split with --split-csv)"
+        )
+    views = []
+    for path in (low_path, high_path):
+        view = LazyView(open_lazy(path))
+        if view.ndim != 3:
+            raise UserInputError(f"{path}: a {view.ndim - 1}D image ({view.image.axes}); CARE takes 2D ones")
+        views.append(view)
+    return views[0], views[1]
+
+
 def _read_pairs(split: PairSplit, channel_axis: int | None) -> dict[str, list[Pair]]:
     pairs, problems = {}, []
     for name in SPLITS:
         pairs[name] = []
         for low_path, high_path in split.pairs[name]:
             try:
-                low = read_image(low_path, channel_axis=channel_axis)
-                high = read_image(high_path, channel_axis=channel_axis)
+                if read_lazily(low_path) or read_lazily(high_path):
+                    low, high = _lazy_pair(low_path, high_path, name)
+                else:
+                    low = read_image(low_path, channel_axis=channel_axis)
+                    high = read_image(high_path, channel_axis=channel_axis)
             except UserInputError as error:
                 problems.append(str(error))
                 continue
@@ -138,7 +158,7 @@ def _read_pairs(split: PairSplit, channel_axis: int | None) -> dict[str, list[Pa
                     f"{low_path.name}'s {low.shape[:2]} with {low.shape[-1]}"
                 )
                 continue
-            pairs[name].append(Pair(low_path.stem, low, high))
+            pairs[name].append(Pair(image_stem(low_path), low, high))
     channels = {p.low.shape[-1] for group in pairs.values() for p in group}
     if len(channels) > 1:
         problems.append(f"{split.data_dir}: images have different numbers of channels {sorted(channels)}")
@@ -274,7 +294,8 @@ class CareTask(Task):
 
     def sample(self, data: PairData) -> np.ndarray:
         held_out = data.pairs["test"] or data.pairs["val"] or data.pairs["train"]
-        return held_out[0].low
+        low = held_out[0].low
+        return low.center_crop(512) if isinstance(low, LazyView) else low
 
     def declare(self, run_dir: Path, config: CareConfig) -> Declaration:
         stats = restoration.read_normalization(run_dir)
