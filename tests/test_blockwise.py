@@ -312,7 +312,7 @@ def test_n2v_trains_on_an_ome_zarr_read_patch_by_patch_as_on_the_image_in_memory
 ):
     import csv
 
-    import training.noisy_images
+    import training.images
     from training import denoise
 
     noisy = np.random.default_rng(8).normal(100, 20, (200, 240)).astype(np.float32)
@@ -348,8 +348,8 @@ def test_n2v_trains_on_an_ome_zarr_read_patch_by_patch_as_on_the_image_in_memory
             assert float(lazy[key]) == pytest.approx(float(memory[key]), rel=1e-5)
     assert (tmp_path / "runs" / "noisy.ome.zarr" / "denoised" / "noisy.ome.zarr").is_dir()
     # A TIFF too big to hold goes the same way.
-    monkeypatch.setattr(training.noisy_images, "MAX_IMAGE_BYTES", 1000)
-    assert training.noisy_images.read_lazily(tmp_path / "noisy.tif")
+    monkeypatch.setattr(training.images, "MAX_IMAGE_BYTES", 1000)
+    assert training.lazy.read_lazily(tmp_path / "noisy.tif")
 
 
 def _counting(read, sizes: list[int]):
@@ -447,3 +447,20 @@ def test_an_image_too_big_to_hold_may_only_train(tmp_path, tiny_segment_data, ca
     error = capsys.readouterr().err
     assert "synth_001.ome.zarr: too big to hold, so it can only train" in error
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_a_pyramid_level_of_an_ome_tiff_is_read_and_predicted(tmp_path):
+    full = _nuclei((512, 512), seed=10)
+    with tifffile.TiffWriter(tmp_path / "pyramid.ome.tif", bigtiff=True) as tif:
+        options = {
+            "tile": (128, 128),
+            "metadata": {"axes": "YX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25},
+        }
+        tif.write(full, subifds=1, **options)
+        tif.write(full[::2, ::2], subfiletype=1, tile=(128, 128))
+    image = open_lazy(tmp_path / "pyramid.ome.tif", level=1)
+    assert (image.shape, image.pixel_sizes) == ((256, 256), {"y": 0.5, "x": 0.5})
+    np.testing.assert_array_equal(image.read((slice(0, 256), slice(0, 256)))[..., 0], full[::2, ::2])
+    out = tmp_path / "out"
+    assert main(["nuclei", str(tmp_path / "pyramid.ome.tif"), "--out", str(out), "--level", "1"]) == 0
+    assert _zarr(out / "pyramid.ome_labels.ome.zarr").shape == (256, 256)

@@ -137,11 +137,17 @@ def _open_tiff(path: Path, axes: str | None, level: int) -> LazyImage:
         if level >= len(series.levels):
             raise UserInputError(f"{path}: --level {level}, the file has {len(series.levels)} levels")
         _check_tiff_extents(path, series.levels[level])
-        ndim = len(series.levels[level].shape)
+        full, shape = series.levels[0].shape, series.levels[level].shape
     found = axes or image_axes(path)
-    letters = _checked_axes(path, found, ndim, "--axes" if axes else "TIFF metadata")
+    letters = _checked_axes(path, found, len(shape), "--axes" if axes else "TIFF metadata")
+    # A pyramid level's pixels are larger by its downsampling.
+    sizes = {
+        axis: size * full[letters.index(axis.upper())] / shape[letters.index(axis.upper())]
+        for axis, size in pixel_sizes(path).items()
+        if axis.upper() in letters
+    }
     store = tifffile.imread(path, aszarr=True, series=0, level=level)
-    return LazyImage(path, zarr.open_array(store, mode="r"), letters, pixel_sizes(path))
+    return LazyImage(path, zarr.open_array(store, mode="r"), letters, sizes)
 
 
 def _check_tiff_extents(path: Path, series: tifffile.TiffPageSeries) -> None:

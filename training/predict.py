@@ -81,6 +81,9 @@ class PredictOptions(BaseModel):
         "and images bigger than the memory limit always are)",
     )
     resume: bool = Field(False, description="continue a killed blockwise prediction from the blocks it wrote")
+    level: int = Field(
+        0, ge=0, description="pyramid level of an OME-Zarr or OME-TIFF input to predict (0: full resolution)"
+    )
     output_format: Literal["ome-zarr", "tiff"] = Field(
         "ome-zarr",
         description="what a blockwise prediction writes: OME-Zarr, or OME-TIFF (BigTIFF, tiled) under the "
@@ -196,7 +199,8 @@ def predict_files(options: PredictOptions) -> list[str]:
     problems = []
     for path in files:
         try:
-            if options.blockwise or is_zarr(path) or _too_big_to_hold(path, budget, config):
+            lazy = options.blockwise or options.level > 0 or is_zarr(path)
+            if lazy or _too_big_to_hold(path, budget, config):
                 _predict_blockwise(path, options, task, config, run_dir, model, runner, budget, precision)
                 continue
             names = task.output_names(path.stem)
@@ -230,7 +234,7 @@ def _predict_blockwise(
     precision: str,
 ) -> None:  # fmt: skip
     ndim = getattr(config, "ndim", None) or 2
-    image = open_lazy(path, axes=getattr(config, "axes", None) if ndim == 3 else None)
+    image = open_lazy(path, axes=getattr(config, "axes", None) if ndim == 3 else None, level=options.level)
     if len(image.shape) != ndim:
         raise UserInputError(
             f"{path}: a {len(image.shape)}D image ({image.axes}) for a {ndim}D network; blockwise prediction "
