@@ -155,8 +155,8 @@ def test_a_run_moves_between_backends_with_predictions_within_1e_4(tmp_path):
     outputs = {}
     for backend in BACKENDS:
         out = tmp_path / f"predicted-{backend}"
-        _run(["-m", "training.predict", str(run_dir), str(image), "--out", str(out)],
-             _env(tmp_path, KERAS_BACKEND=backend))  # fmt: skip
+        command = ["-m", "training.predict", str(run_dir), str(image), "--out", str(out)]
+        _run([*command, "--precision", "float32"], _env(tmp_path, KERAS_BACKEND=backend))
         outputs[backend] = tifffile.imread(out / "noisy_denoised.tif")
     scale = float(np.abs(outputs["tensorflow"]).max())
     for backend in ("jax", "torch"):

@@ -291,12 +291,7 @@ def test_a_full_disk_stops_export_and_leaves_no_partial_package(
     assert main([*tiny_segment_flags, "--out-dir", str(tmp_path / "runs"), "--run-name", "r"]) == 0
     capsys.readouterr()
     _fill(small_disk, leave=16 * 1024)
-    assert (
-        export_main(
-            [str(tmp_path / "runs" / "r"), "--out", str(small_disk / "model.zip"), "--precision", "float32"]
-        )
-        == 2
-    )
+    assert export_main([str(tmp_path / "runs" / "r"), "--out", str(small_disk / "model.zip")]) == 2
     (line,) = _error_lines(capsys)
     assert "model.zip: cannot write it" in line and "No space left on device" in line
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
