@@ -19,6 +19,9 @@ from training import denoise, segment
 from training.predict import main
 
 # The tiny options of tests/test_denoise_cli.py: a denoising run in a few seconds on two CPU cores.
+# What the float32 reproductions below compare in (the default is the fastest precision here).
+FLOAT32 = ("--precision", "float32")
+
 TINY_DENOISE = (
     "--epochs 1 --steps-per-epoch 2 --batch-size 4 --patch-size 32 --base-filters 4 --depth 1 "
     "--val-patches 4 --mask-fraction 0.01 --warmup-epochs 0 --no-export"
@@ -80,7 +83,7 @@ def test_denoising_a_folder_writes_float32_tiffs_of_the_input_shapes(
 ) -> None:
     out = tmp_path / "out"
 
-    assert main([str(denoise_run), str(noisy_folder), "--out", str(out), "--precision", "float32"]) == 0
+    assert main([str(denoise_run), str(noisy_folder), "--out", str(out), *FLOAT32]) == 0
 
     assert _files(out) == ["plain_denoised.tif", "stack_denoised.tif", "wide_denoised.tif"]
     for name in ("plain", "stack", "wide"):
@@ -101,7 +104,7 @@ def test_denoising_the_training_image_reproduces_the_output_of_the_training_run(
     training_image = denoise_run.parents[1] / "data" / "noisy.tif"
     out = tmp_path / "out"
 
-    assert main([str(denoise_run), str(training_image), "--out", str(out), "--precision", "float32"]) == 0
+    assert main([str(denoise_run), str(training_image), "--out", str(out), *FLOAT32]) == 0
 
     denoised = tifffile.imread(out / "noisy_denoised.tif")
     np.testing.assert_allclose(denoised, tifffile.imread(denoise_run / "denoised" / "noisy.tif"), rtol=1e-5)
@@ -131,8 +134,7 @@ def test_denoising_the_training_image_reproduces_the_output_of_the_training_run(
                 str(tmp_path / "tiled"),
                 "--tile-size",
                 "32",
-                "--precision",
-                "float32",
+                *FLOAT32,
             ]
         )
         == 0
@@ -151,7 +153,7 @@ def test_stack_slices_are_denoised_like_single_images(denoise_run: Path, tmp_pat
     tifffile.imwrite(folder / "slice.tif", stack[3])
     out = tmp_path / "out"
 
-    assert main([str(denoise_run), str(folder), "--out", str(out), "--precision", "float32"]) == 0
+    assert main([str(denoise_run), str(folder), "--out", str(out), *FLOAT32]) == 0
 
     denoised_stack = tifffile.imread(out / "stack_denoised.tif")
     np.testing.assert_allclose(denoised_stack[3], tifffile.imread(out / "slice_denoised.tif"), rtol=1e-6)
@@ -190,8 +192,7 @@ def test_existing_output_is_replaced_with_overwrite(
                 "--out",
                 str(out),
                 "--overwrite",
-                "--precision",
-                "float32",
+                *FLOAT32,
             ]
         )
         == 0
@@ -214,9 +215,7 @@ def test_tta_averages_the_predictions_of_the_eight_orientations(denoise_run: Pat
             tifffile.imwrite(folder / f"o{flip}{turns}.tif", np.ascontiguousarray(oriented))
     tifffile.imwrite(tmp_path / "image.tif", image)
 
-    assert (
-        main([str(denoise_run), str(folder), "--out", str(tmp_path / "plain"), "--precision", "float32"]) == 0
-    )
+    assert main([str(denoise_run), str(folder), "--out", str(tmp_path / "plain"), *FLOAT32]) == 0
     assert (
         main(
             [
@@ -225,8 +224,7 @@ def test_tta_averages_the_predictions_of_the_eight_orientations(denoise_run: Pat
                 "--out",
                 str(tmp_path / "tta"),
                 "--tta",
-                "--precision",
-                "float32",
+                *FLOAT32,
             ]
         )
         == 0
@@ -278,7 +276,7 @@ def test_segmentation_writes_probabilities_and_labels_of_the_input_shapes(
 ) -> None:
     out = tmp_path / "out"
 
-    assert main([str(segment_run), str(segment_inputs), "--out", str(out), "--precision", "float32"]) == 0
+    assert main([str(segment_run), str(segment_inputs), "--out", str(out), *FLOAT32]) == 0
 
     names = ["crop", "synth_000", "synth_001"]
     assert _files(out) == sorted(f"{n}_{kind}.tif" for n in names for kind in ("labels", "probabilities"))
@@ -300,9 +298,7 @@ def test_labels_follow_the_thresholds_of_the_run_config(
     # Two epochs leave every probability near 1/3 and the default thresholds (0.5) find no object; the
     # thresholds of a copy of the run are set from the probabilities, so that objects do appear.
     image = segment_inputs / "synth_000.tif"
-    assert (
-        main([str(segment_run), str(image), "--out", str(tmp_path / "first"), "--precision", "float32"]) == 0
-    )
+    assert main([str(segment_run), str(image), "--out", str(tmp_path / "first"), *FLOAT32]) == 0
     probabilities = tifffile.imread(tmp_path / "first" / "synth_000_probabilities.tif")
     interior_threshold = float(np.quantile(probabilities[1], 0.9))
     foreground_threshold = float(np.quantile(1.0 - probabilities[0], 0.5))
@@ -317,7 +313,7 @@ def test_labels_follow_the_thresholds_of_the_run_config(
     # Without the thresholds the run chose on its validation images, the configured ones apply.
     (run / "postprocessing.json").unlink()
 
-    assert main([str(run), str(image), "--out", str(tmp_path / "second"), "--precision", "float32"]) == 0
+    assert main([str(run), str(image), "--out", str(tmp_path / "second"), *FLOAT32]) == 0
 
     labels = tifffile.imread(tmp_path / "second" / "synth_000_labels.tif")
     np.testing.assert_array_equal(
@@ -335,9 +331,7 @@ def test_segmentation_in_small_tiles_equals_whole_image_segmentation(
     segment_run: Path, segment_inputs: Path, tmp_path: Path
 ) -> None:
     image = segment_inputs / "synth_000.tif"
-    assert (
-        main([str(segment_run), str(image), "--out", str(tmp_path / "whole"), "--precision", "float32"]) == 0
-    )
+    assert main([str(segment_run), str(image), "--out", str(tmp_path / "whole"), *FLOAT32]) == 0
     assert (
         main(
             [
@@ -347,8 +341,7 @@ def test_segmentation_in_small_tiles_equals_whole_image_segmentation(
                 str(tmp_path / "tiled"),
                 "--tile-size",
                 "32",
-                "--precision",
-                "float32",
+                *FLOAT32,
             ]
         )
         == 0
@@ -368,16 +361,14 @@ def test_existing_segmentation_outputs_are_refused_then_replaced_with_overwrite(
     labels = out / "synth_001_labels.tif"
     labels.write_bytes(b"an earlier result")
 
-    assert main([str(segment_run), str(image), "--out", str(out), "--precision", "float32"]) == 2
+    assert main([str(segment_run), str(image), "--out", str(out), *FLOAT32]) == 2
     errors = _error_lines(capsys)
     assert len(errors) == 1 and str(labels) in errors[0], errors
     # Neither output of that image is written: the probabilities would not match the kept labels.
     assert _files(out) == ["synth_001_labels.tif"]
     assert labels.read_bytes() == b"an earlier result"
 
-    assert (
-        main([str(segment_run), str(image), "--out", str(out), "--overwrite", "--precision", "float32"]) == 0
-    )
+    assert main([str(segment_run), str(image), "--out", str(out), "--overwrite", *FLOAT32]) == 0
     assert tifffile.imread(labels).shape == (64, 64)
     assert _files(out) == ["synth_001_labels.tif", "synth_001_probabilities.tif"]
 
@@ -387,10 +378,7 @@ def test_tta_is_refused_for_a_segmentation_run(
 ) -> None:
     out = tmp_path / "out"
 
-    assert (
-        main([str(segment_run), str(segment_inputs), "--out", str(out), "--tta", "--precision", "float32"])
-        == 2
-    )
+    assert main([str(segment_run), str(segment_inputs), "--out", str(out), "--tta", *FLOAT32]) == 2
 
     errors = _error_lines(capsys)
     assert len(errors) == 1 and "--tta" in errors[0], errors
@@ -467,9 +455,7 @@ def test_two_inputs_with_one_stem_are_refused_before_anything_is_written(
     tifffile.imwrite(folder / "a.png", _noisy((30, 30), seed=2).astype(np.uint8))
     out = tmp_path / "out"
 
-    assert (
-        main([str(denoise_run), str(folder), "--out", str(out), "--overwrite", "--precision", "float32"]) == 2
-    )
+    assert main([str(denoise_run), str(folder), "--out", str(out), "--overwrite", *FLOAT32]) == 2
     (error,) = _error_lines(capsys)
     assert "a_denoised.tif" in error and "a.png" in error and "a.tif" in error
     assert not out.exists()
@@ -489,8 +475,7 @@ def test_out_of_range_tile_size_is_refused_naming_the_option(
                 str(out),
                 "--tile-size",
                 tile_size,
-                "--precision",
-                "float32",
+                *FLOAT32,
             ]
         )
         == 2
@@ -518,8 +503,7 @@ def test_onnx_engine_gives_the_keras_segmentation(
                     str(out),
                     "--engine",
                     engine,
-                    "--precision",
-                    "float32",
+                    *FLOAT32,
                 ]
             )
             == 0
@@ -543,8 +527,7 @@ def test_onnx_engine_gives_the_keras_denoising_with_tta(
             "--engine",
             engine,
             "--tta",
-            "--precision",
-            "float32",
+            *FLOAT32,
         ]
         assert main(argv) == 0
     for name in ("plain", "stack", "wide"):
