@@ -43,8 +43,9 @@ def main() -> int:
     sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
     from worker_common import large_image
 
+    from training.blockwise import memory_budget
     from training.engines import predictor
-    from training.predict import auto_precision, default_tile_size, load_run, memory_budget
+    from training.predict import auto_precision, default_tile_size, load_run
     from training.restoration import read_normalization, restore_image
 
     _, config, model = load_run(args.run_dir, "last")

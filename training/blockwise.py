@@ -30,6 +30,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -41,12 +42,13 @@ import tifffile
 import zarr
 
 from base.errors import UserInputError
+from training.engines import activation_bytes_per_voxel
 from training.files import atomic_target
 from training.images import interpolate_ranks, rank_positions
-from training.lazy import LazyImage, LazyView, ngff_attributes
+from training.lazy import LazyImage, LazyView, ngff_attributes, scaled
 from training.targets import instances_and_seeds
 from training.tiling import per_axis, tiled_predict
-from zoo import Geometry
+from zoo import Geometry, model_geometry
 
 OUTPUT_SUFFIX = ".ome.zarr"
 PROGRESS_FILE = "progress.json"
@@ -226,6 +228,38 @@ def choose_sizes(
         + [max(side // s * s, 2 * (-(-h // s) * s) + s) for h, s in zip(halos[-2:], steps[-2:], strict=True)]
     )
     return Sizes(tuple(block), chunks, tile, call_voxels)
+
+
+def default_memory_limit() -> float:
+    """A quarter of this machine's memory, between 1 and 8 GiB."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return min(max(total / 4, 1.0), 8.0)
+
+
+def memory_budget(limit_gib: float | None) -> int:
+    """Bytes prediction may add to what this process holds now, under a limit of `limit_gib` in all
+    (None: `default_memory_limit`); at least 256 MiB."""
+    limit = (limit_gib or default_memory_limit()) * 2**30
+    return int(max(limit - _resident_bytes(), 2**28))
+
+
+def _resident_bytes() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def plan(image: LazyImage, model, spec: BlockwiseSpec, *, budget: int, precision: str = "float32") -> Sizes:
+    """`choose_sizes` for predicting `image` with a Keras `model` (in `precision`) as `spec` says."""
+    return choose_sizes(
+        image.shape,
+        memory_bytes=budget,
+        model_bytes_per_voxel=activation_bytes_per_voxel(model, precision),
+        channels=image.channels,
+        outputs=3 if spec.labels is not None else image.channels,
+        geometry=model_geometry(model),
+    )
 
 
 # === The work folder: progress, outputs, resume ===
@@ -412,7 +446,7 @@ class Blockwise:
                     for c, i, h, s in zip(shifted, indices, halos, steps, strict=True)
                 )
                 raw = read_virtual(image, indices, window)
-                normalized = ((raw.astype(np.float32) - offset) / divisor).astype(np.float32)
+                normalized = scaled(raw, offset, divisor)
                 result = self._model(normalized, steps, halos)
                 keep = tuple(
                     slice(s.start - w.start, s.stop - w.start) for s, w in zip(shifted, window, strict=True)
@@ -447,9 +481,6 @@ class Blockwise:
         from training.tiling import predict_tta
 
         return predict_tta(once, normalized)
-
-    def _output_channels(self) -> int:
-        return 3 if self.spec.labels is not None else self.image.channels
 
     def _output_array(self, path: Path, channels: int) -> zarr.Array:
         shape, chunks = self.image.shape, self.sizes.chunk

@@ -227,22 +227,25 @@ def _check_declared(image: LazyImage) -> None:
         )
 
 
-def ngff_attributes(axes: str, pixel_sizes: dict[str, float], *, name: str, levels: int = 1) -> dict:
-    """OME-Zarr (NGFF 0.4) multiscales metadata of an image of `axes` (letters of CZYX) whose level k is
-    downsampled by 2**k along y and x, with the input's pixel sizes in micrometres."""
+def ngff_attributes(axes: str, pixel_sizes: dict[str, float], *, name: str) -> dict:
+    """OME-Zarr (NGFF 0.4) multiscales metadata of a one-level image (its array "0") of `axes` (letters of
+    CZYX), with the input's pixel sizes in micrometres."""
     axis_entries = []
     for letter in axes:
         entry = {"name": letter.lower(), "type": "channel" if letter == "C" else "space"}
         if letter != "C" and letter.lower() in pixel_sizes:
             entry["unit"] = "micrometer"
         axis_entries.append(entry)
-    datasets = []
-    for k in range(levels):
-        scale = [
-            1.0 if a == "C" else pixel_sizes.get(a.lower(), 1.0) * (2**k if a in "YX" else 1) for a in axes
-        ]
-        datasets.append({"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    scale = [1.0 if a == "C" else pixel_sizes.get(a.lower(), 1.0) for a in axes]
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]
     return {"multiscales": [{"version": "0.4", "name": name, "axes": axis_entries, "datasets": datasets}]}
+
+
+def scaled(pixels: np.ndarray, offset: np.ndarray, divisor: np.ndarray) -> np.ndarray:
+    """`(pixels - offset) / divisor` per channel, float32: the arithmetic of
+    `training.restoration.normalize` and `training.images.scale_to_range` (float32 pixels, float64
+    numbers), so a window normalised here equals that window of the image normalised in memory."""
+    return ((pixels.astype(np.float32) - offset) / divisor).astype(np.float32)
 
 
 class LazyView:
@@ -293,17 +296,15 @@ class LazyView:
 
     def load(self) -> np.ndarray:
         """The whole view, read, as a float32 (*spatial, C) array."""
-        pixels = self.image.read(self.box).astype(np.float32)
-        if self.scale is None:
-            return pixels
-        offset, divisor = self.scale
-        return ((pixels - offset) / divisor).astype(np.float32)
+        pixels = self.image.read(self.box)
+        return pixels.astype(np.float32) if self.scale is None else scaled(pixels, *self.scale)
 
     def normalized(self, offset: np.ndarray, divisor: np.ndarray) -> LazyView:
         return LazyView(self.image, self.box, (np.asarray(offset), np.asarray(divisor)))
 
     def pieces(self) -> Iterator[np.ndarray]:
-        """The view's pixels as (N, C) float32 pieces, in slabs along its first spatial axis."""
+        """The view's pixels, not normalised, as (N, C) float32 pieces, in slabs along its first spatial
+        axis."""
         rest = self.box[1:]
         rows = max(1, PIECE_VOXELS // max(1, math.prod(s.stop - s.start for s in rest)))
         first = self.box[0]

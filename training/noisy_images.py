@@ -58,8 +58,7 @@ def load_noisy_images(
             if view.ndim - 1 != ndim:
                 raise UserInputError(
                     f"{path}: a {view.ndim - 1}D image ({view.image.axes}) read lazily, for a {ndim}D "
-                    "network; "
-                    "give a large stack as a volume (--ndim 3)"
+                    "network; give a large stack as a volume (--ndim 3)"
                 )
             return [view]
         if ndim == 3:

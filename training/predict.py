@@ -13,7 +13,6 @@ written; the exit status is 2 if any file was bad.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -143,19 +142,6 @@ def auto_precision(engine: str) -> str:
     return "bfloat16" if native else "float32"
 
 
-def default_memory_limit() -> float:
-    """A quarter of this machine's memory, between 1 and 8 GiB."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return min(max(total / 4, 1.0), 8.0)
-
-
-def memory_budget(limit_gib: float | None) -> int:
-    """Bytes prediction may add to what this process holds now, under a limit of `limit_gib` in all
-    (None: `default_memory_limit`); at least 256 MiB."""
-    limit = (limit_gib or default_memory_limit()) * 2**30
-    return int(max(limit - _resident_bytes(), 2**28))
-
-
 def default_tile_size(model: keras.Model, precision: str, config, budget: int) -> int:
     """The tile side of in-memory prediction: as large as one call within `blockwise.CALL_SHARE` of the
     memory budget allows (fewer tiles, less context computed twice), a multiple of 64 from the run's own
@@ -163,13 +149,6 @@ def default_tile_size(model: keras.Model, precision: str, config, budget: int) -
     call_voxels = blockwise.CALL_SHARE * budget / activation_bytes_per_voxel(model, precision)
     side = int(call_voxels ** (1 / (3 if getattr(config, "ndim", None) == 3 else 2)))
     return min(max(config.tile_size, side // 64 * 64), 4096)
-
-
-def _resident_bytes() -> int:
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
 
 
 def predict_files(options: PredictOptions) -> list[str]:
@@ -181,7 +160,7 @@ def predict_files(options: PredictOptions) -> list[str]:
     precision = auto_precision(options.engine) if options.precision == "auto" else options.precision
     run_dir = resolve_run(options.run_dir)
     task, config, model = load_run(run_dir, options.checkpoint)
-    budget = memory_budget(options.memory_limit)
+    budget = blockwise.memory_budget(options.memory_limit)
     updates = {
         key: getattr(options, key) for key in ("tile_size", "tta") if getattr(options, key) is not None
     }
@@ -244,16 +223,8 @@ def _predict_blockwise(
         raise UserInputError(
             f"{path}: {image.channels} channels ({image.axes}), the network takes {model.inputs[0].shape[-1]}"
         )
-    geometry = model_geometry(model)
     spec = task.blockwise(run_dir, config)
-    sizes = blockwise.choose_sizes(
-        image.shape,
-        memory_bytes=budget,
-        model_bytes_per_voxel=activation_bytes_per_voxel(model, precision),
-        channels=image.channels,
-        outputs=3 if spec.labels is not None else image.channels,
-        geometry=geometry,
-    )
+    sizes = blockwise.plan(image, model, spec, budget=budget, precision=precision)
     if options.tile_size is not None:
         sizes = replace(sizes, tile=(*sizes.tile[:-2], options.tile_size, options.tile_size))
     checkpoint = checkpoint_file(run_dir, options.checkpoint or task.results_checkpoint)
@@ -268,7 +239,7 @@ def _predict_blockwise(
         image=image,
         spec=spec,
         predict=runner,
-        geometry=geometry,
+        geometry=model_geometry(model),
         sizes=sizes,
         out_dir=options.out,
         stem=image_stem(path),

@@ -218,21 +218,11 @@ def restore_lazily(
     """Restore an image too big to hold (`training.lazy.LazyView`, unnormalised) block by block into
     `out_dir/NAME.ome.zarr`, as `python -m training.predict` does, with the default memory limit."""
     from training import blockwise
-    from training.engines import activation_bytes_per_voxel
-    from training.predict import memory_budget
 
     spec = blockwise_spec(run_dir, config, output)
-    geometry = model_geometry(model)
-    sizes = blockwise.choose_sizes(
-        view.image.shape,
-        memory_bytes=memory_budget(None),
-        model_bytes_per_voxel=activation_bytes_per_voxel(model),
-        channels=view.image.channels,
-        outputs=view.image.channels,
-        geometry=geometry,
-    )
+    sizes = blockwise.plan(view.image, model, spec, budget=blockwise.memory_budget(None))
     job = blockwise.Blockwise(
-        image=view.image, spec=spec, predict=runner or model, geometry=geometry, sizes=sizes,
+        image=view.image, spec=spec, predict=runner or model, geometry=model_geometry(model), sizes=sizes,
         out_dir=out_dir, stem=name, names=[f"{name}.tif"],
     )  # fmt: skip
     return job.run(settings={"run": str(run_dir)}, resume=False, overwrite=True)[0]
