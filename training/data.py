@@ -236,7 +236,7 @@ def _lazy_sample(
     lower, upper = exact_percentiles(image, list(percentiles))
     sampling = (anisotropy, 1.0, 1.0) if ndim == 3 else None
     return Sample(
-        name=image_path.stem,
+        name=image_stem(image_path),  # as the split CSV names it
         image=LazyView(image).normalized(lower, upper - lower + NORMALIZE_EPS),  # as percentile_normalize
         labels=None,
         classes=LazyClasses(mask, boundary_width=boundary_width, sampling=sampling),
